@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: MIT */
+/* The warehouse: one nonblocking PostgreSQL session on the event loop, migrations, and the
+ * one-transaction-per-batch write. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "batch.h"
+#include "macro.h"
+
+typedef struct Store Store;
+typedef struct StoreJob StoreJob;
+
+typedef enum StoreState {
+        STORE_DISCONNECTED, /* waiting to (re)connect */
+        STORE_CONNECTING,
+        STORE_MIGRATING,    /* bringing the schema up to date, setting up the session */
+        STORE_READY,        /* idle */
+        STORE_BUSY,         /* a job is on the wire */
+        STORE_CLOSED,       /* stopped for good */
+        _STORE_STATE_MAX,
+} StoreState;
+
+typedef struct FeedIdentity {
+        const char *organization;
+        const char *base_url;
+        const char *project; /* NULL: collection-wide */
+        const char *types;
+        const char *link_types;
+        const char *api_version;
+        const char *start_date;
+} FeedIdentity;
+
+/* r: 0, or -ECONNRESET (the session was lost: the outcome of an apply is unknown until the
+ * feed's position is read again), -EIO (the statement failed; error says why), -ENOTRECOVERABLE
+ * (the schema is newer than this witlinkd). */
+typedef void (*StoreRegisterFunc)(int r, const char *error, int64_t feed_id, const char *token,
+                                  bool caught_up, void *userdata);
+typedef void (*StoreApplyFunc)(int r, const char *error, int64_t new_events, void *userdata);
+typedef void (*StoreStateFunc)(Store *s, StoreState old_state, StoreState new_state,
+                               const char *error, void *userdata);
+
+int store_new(sd_event *event, const char *conninfo, StoreStateFunc on_state, void *userdata,
+              Store **ret);
+Store *store_free(Store *s);
+DEFINE_CLEANUP_FUNC(Store, store_free);
+
+/* Starts connecting; the state callback reports READY once the schema is current. */
+int store_start(Store *s);
+StoreState store_get_state(Store *s);
+const char *store_state_to_string(StoreState state);
+/* True when no job is queued or on the wire. */
+bool store_is_idle(Store *s);
+int store_schema_version(Store *s);
+
+/* Finds or creates the feed row and returns its id and stored position. */
+int store_register_feed(Store *s, const FeedIdentity *id, StoreRegisterFunc done, void *userdata,
+                        StoreJob **ret);
+
+/* One transaction: the batch's events, the current state they lead to, the feed's new token and
+ * counters, NOTIFY witlink. The batch is copied; the caller may free it at once. */
+int store_apply_batch(Store *s, int64_t feed_id, const Batch *b, const char *token,
+                      bool caught_up, StoreApplyFunc done, void *userdata, StoreJob **ret);
+
+/* Records a feed's last error (NULL clears it); nobody waits for it. */
+int store_record_error(Store *s, int64_t feed_id, const char *message);
+
+/* The job's callback will not run; the store forgets it when it is safe to. */
+void store_job_cancel(StoreJob *j);
+
+/* Exposed for the unit tests: the COPY text form of a batch. */
+int store_format_copy(const Batch *b, char **ret, size_t *ret_size);

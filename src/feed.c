@@ -1,0 +1,761 @@
+/* SPDX-License-Identifier: MIT */
+/* One feed: a chain of batches of one source (a project or the whole collection), its state
+ * machine, request scheduling, backoff and the hand-over of each batch to the store. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "batch.h"
+#include "feed.h"
+#include "url.h"
+
+#define BACKOFF_MIN_USEC (1 * USEC_PER_SEC)
+#define BACKOFF_MAX_USEC (10 * 60 * USEC_PER_SEC)
+#define AUTH_BACKOFF_USEC (5 * 60 * USEC_PER_SEC)
+#define NOT_FOUND_BACKOFF_USEC (5 * 60 * USEC_PER_SEC)
+#define HOST_OFFLINE_BACKOFF_USEC (10 * 60 * USEC_PER_SEC)
+#define ONCE_MAX_FAILURES 8
+
+struct FeedSource {
+        const SourceConfig *config;
+        unsigned in_flight;
+        Feed **feeds; /* every feed of this source, to hand free slots on */
+        size_t n_feeds;
+};
+
+struct Feed {
+        const FeedContext *ctx;
+        char activity_id[80]; /* of the response being handled */
+        FeedSource *source;
+        char *project;
+        LogContext log;
+
+        FeedState state;
+        FeedFailure failure;
+        int64_t id;
+        char *token;      /* the committed position */
+        bool caught_up;   /* as stored */
+        bool reached_end; /* this process committed a last batch */
+        bool stopping;
+        bool need_register;
+
+        HttpRequest *request;
+        char *request_token; /* the token the request in flight was built from */
+        StoreJob *job;
+        char *pending_token; /* the token the batch on the wire will commit */
+        bool pending_last;
+        size_t pending_events;
+        bool holds_slot;
+
+        sd_event_source *timer;
+        uint64_t backoff_usec;
+        uint64_t not_before; /* CLOCK_MONOTONIC: no request before (Retry-After) */
+        unsigned failures;   /* consecutive */
+        unsigned requests;
+        uint64_t events_applied;
+        char *last_error;
+};
+
+static const char *const state_names[_FEED_STATE_MAX] = {
+        [FEED_NEW] = "new",           [FEED_REGISTERING] = "registering",
+        [FEED_QUEUED] = "queued",     [FEED_FETCHING] = "fetching",
+        [FEED_STORING] = "storing",   [FEED_WAITING] = "waiting",
+        [FEED_BACKOFF] = "backoff",   [FEED_STOPPED] = "stopped",
+};
+
+static const char *const failure_names[_FEED_FAILURE_MAX] = {
+        [FEED_FAILURE_NONE] = "none",         [FEED_FAILURE_TRANSIENT] = "transient",
+        [FEED_FAILURE_AUTH] = "authentication", [FEED_FAILURE_DATABASE] = "database",
+        [FEED_FAILURE_FATAL] = "fatal",
+};
+
+/* Legal transitions: bit N of allowed[S] is set when S → N is allowed. */
+#define B(s) (1u << (s))
+static const unsigned allowed[_FEED_STATE_MAX] = {
+        [FEED_NEW] = B(FEED_REGISTERING) | B(FEED_STOPPED),
+        [FEED_REGISTERING] = B(FEED_QUEUED) | B(FEED_FETCHING) | B(FEED_BACKOFF) |
+                             B(FEED_STOPPED) | B(FEED_WAITING),
+        [FEED_QUEUED] = B(FEED_FETCHING) | B(FEED_BACKOFF) | B(FEED_STOPPED),
+        [FEED_FETCHING] = B(FEED_STORING) | B(FEED_BACKOFF) | B(FEED_STOPPED) |
+                          B(FEED_REGISTERING),
+        [FEED_STORING] = B(FEED_QUEUED) | B(FEED_FETCHING) | B(FEED_WAITING) |
+                         B(FEED_BACKOFF) | B(FEED_REGISTERING) | B(FEED_STOPPED),
+        [FEED_WAITING] = B(FEED_QUEUED) | B(FEED_FETCHING) | B(FEED_REGISTERING) |
+                         B(FEED_BACKOFF) | B(FEED_STOPPED),
+        [FEED_BACKOFF] = B(FEED_REGISTERING) | B(FEED_QUEUED) | B(FEED_FETCHING) |
+                         B(FEED_BACKOFF) | B(FEED_STOPPED),
+        [FEED_STOPPED] = B(FEED_REGISTERING),
+};
+#undef B
+
+const char *feed_state_to_string(FeedState s) {
+        return s >= 0 && s < _FEED_STATE_MAX ? state_names[s] : NULL;
+}
+
+const char *feed_failure_to_string(FeedFailure f) {
+        return f >= 0 && f < _FEED_FAILURE_MAX ? failure_names[f] : NULL;
+}
+
+static void feed_set_state(Feed *f, FeedState state) {
+        if (f->state == state)
+                return;
+        if (!(allowed[f->state] & (1u << state))) {
+                log_full(LOG_ERR, 0, NULL, &f->log, "Illegal feed transition %s → %s",
+                         feed_state_to_string(f->state), feed_state_to_string(state));
+                abort();
+        }
+        log_full(LOG_DEBUG, 0, NULL, &f->log, "State %s → %s", feed_state_to_string(f->state),
+                 feed_state_to_string(state));
+        f->state = state;
+        if (f->ctx && f->ctx->on_change)
+                f->ctx->on_change(f, f->ctx->userdata);
+}
+
+/* ---- sources ------------------------------------------------------------------------------ */
+
+int feed_source_new(const SourceConfig *config, FeedSource **ret) {
+        FeedSource *s = calloc(1, sizeof(FeedSource));
+
+        if (!s)
+                return -ENOMEM;
+        s->config = config;
+        *ret = s;
+        return 0;
+}
+
+FeedSource *feed_source_free(FeedSource *s) {
+        if (!s)
+                return NULL;
+        free(s->feeds);
+        free(s);
+        return NULL;
+}
+
+const SourceConfig *feed_source_config(FeedSource *s) {
+        return s->config;
+}
+
+void feed_source_set_config(FeedSource *s, const SourceConfig *config) {
+        s->config = config;
+}
+
+static int feed_source_attach(FeedSource *s, Feed *f) {
+        Feed **n = realloc(s->feeds, (s->n_feeds + 1) * sizeof(Feed *));
+
+        if (!n)
+                return -ENOMEM;
+        s->feeds = n;
+        s->feeds[s->n_feeds++] = f;
+        return 0;
+}
+
+static void feed_source_detach(FeedSource *s, Feed *f) {
+        for (size_t i = 0; i < s->n_feeds; i++)
+                if (s->feeds[i] == f) {
+                        memmove(s->feeds + i, s->feeds + i + 1,
+                                (s->n_feeds - i - 1) * sizeof(Feed *));
+                        s->n_feeds--;
+                        return;
+                }
+}
+
+static void feed_fetch(Feed *f);
+
+static void feed_release_slot(Feed *f) {
+        FeedSource *s = f->source;
+
+        if (!f->holds_slot)
+                return;
+        f->holds_slot = false;
+        s->in_flight--;
+        /* Hand the slot to the feed that has waited; round robin by position. */
+        for (size_t i = 0; i < s->n_feeds; i++)
+                if (s->feeds[i]->state == FEED_QUEUED && s->in_flight < s->config->max_parallel) {
+                        Feed *next = s->feeds[i];
+
+                        /* Move it to the end so the next free slot goes to another feed. */
+                        memmove(s->feeds + i, s->feeds + i + 1,
+                                (s->n_feeds - i - 1) * sizeof(Feed *));
+                        s->feeds[s->n_feeds - 1] = next;
+                        feed_fetch(next);
+                        return;
+                }
+}
+
+/* ---- object --------------------------------------------------------------------------------- */
+
+int feed_new(const FeedContext *ctx, FeedSource *source, const char *project, Feed **ret) {
+        _cleanup_(feed_freep) Feed *f = NULL;
+        int r;
+
+        f = calloc(1, sizeof(Feed));
+        if (!f)
+                return -ENOMEM;
+        f->ctx = ctx;
+        f->source = source;
+        f->log = LOG_CONTEXT_NULL;
+        if (project) {
+                f->project = strdup(project);
+                if (!f->project)
+                        return -ENOMEM;
+        }
+        r = feed_source_attach(source, f);
+        if (r < 0) {
+                f->source = NULL;
+                return r;
+        }
+        f->log.organization = source->config->name;
+        f->log.project = f->project;
+        *ret = TAKE_PTR(f);
+        return 0;
+}
+
+Feed *feed_free(Feed *f) {
+        if (!f)
+                return NULL;
+        f->ctx = NULL;
+        feed_stop(f);
+        if (f->source)
+                feed_source_detach(f->source, f);
+        free(f->project);
+        free(f->token);
+        free(f->request_token);
+        free(f->pending_token);
+        free(f->last_error);
+        free(f);
+        return NULL;
+}
+
+FeedState feed_get_state(Feed *f) {
+        return f->state;
+}
+
+FeedFailure feed_get_failure(Feed *f) {
+        return f->failure;
+}
+
+bool feed_caught_up(Feed *f) {
+        return f->caught_up;
+}
+
+bool feed_reached_end(Feed *f) {
+        return f->reached_end;
+}
+
+int64_t feed_id(Feed *f) {
+        return f->id;
+}
+
+const char *feed_project(Feed *f) {
+        return f->project;
+}
+
+FeedSource *feed_source(Feed *f) {
+        return f->source;
+}
+
+uint64_t feed_events_applied(Feed *f) {
+        return f->events_applied;
+}
+
+const char *feed_last_error(Feed *f) {
+        return f->last_error;
+}
+
+unsigned feed_requests(Feed *f) {
+        return f->requests;
+}
+
+static bool str_eq(const char *a, const char *b) {
+        return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+bool feed_matches(Feed *f, const SourceConfig *s, const char *project) {
+        const SourceConfig *c = f->source->config;
+
+        return strcmp(c->name, s->name) == 0 && strcmp(c->url, s->url) == 0 &&
+               str_eq(f->project, project) && strcmp(c->types, s->types) == 0 &&
+               strcmp(c->link_types, s->link_types) == 0;
+}
+
+/* ---- timers ------------------------------------------------------------------------------- */
+
+static uint64_t now_usec(Feed *f) {
+        uint64_t now = 0;
+
+        (void) sd_event_now(f->ctx->event, CLOCK_MONOTONIC, &now);
+        return now;
+}
+
+static void feed_register(Feed *f);
+
+static int on_timer(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
+        Feed *f = userdata;
+
+        if (f->stopping)
+                return 0;
+        if (f->need_register)
+                feed_register(f);
+        else
+                feed_fetch(f);
+        return 0;
+}
+
+static void feed_arm_timer(Feed *f, uint64_t delay) {
+        uint64_t when = now_usec(f) + delay;
+        int r;
+
+        if (!f->timer) {
+                r = sd_event_add_time(f->ctx->event, &f->timer, CLOCK_MONOTONIC, when,
+                                      USEC_PER_MSEC * 10, on_timer, f);
+                if (r < 0) {
+                        log_full(LOG_ERR, r, NULL, &f->log, "Failed to arm a timer: %m");
+                        return;
+                }
+                (void) sd_event_source_set_description(f->timer, "feed-timer");
+                return;
+        }
+        (void) sd_event_source_set_time(f->timer, when);
+        (void) sd_event_source_set_enabled(f->timer, SD_EVENT_ONESHOT);
+}
+
+static uint64_t jitter(uint64_t usec) {
+        /* ±20 %, so that feeds and instances that failed together do not retry together. */
+        uint64_t span = usec / 5;
+
+        if (span == 0)
+                return usec;
+        return usec - span + ((uint64_t) random() % (2 * span + 1));
+}
+
+/* Records a failure and schedules the next attempt. */
+static void feed_fail(Feed *f, FeedFailure kind, uint64_t min_delay, const char *message) {
+        uint64_t delay;
+
+        f->failures++;
+        f->failure = kind;
+        free(f->last_error);
+        f->last_error = strdup(message);
+        if (f->id > 0)
+                (void) store_record_error(f->ctx->store, f->id, message);
+
+        if (kind == FEED_FAILURE_FATAL) {
+                log_full(LOG_ERR, 0, MESSAGE_ID_FEED_STOPPED, &f->log,
+                         "Feed stopped: %s", message);
+                feed_set_state(f, FEED_STOPPED);
+                return;
+        }
+        f->backoff_usec = f->backoff_usec ? f->backoff_usec * 2 : BACKOFF_MIN_USEC;
+        if (f->backoff_usec > BACKOFF_MAX_USEC)
+                f->backoff_usec = BACKOFF_MAX_USEC;
+        delay = jitter(f->backoff_usec);
+        if (kind == FEED_FAILURE_AUTH && delay < AUTH_BACKOFF_USEC)
+                delay = jitter(AUTH_BACKOFF_USEC);
+        if (delay < min_delay)
+                delay = min_delay;
+
+        if (kind == FEED_FAILURE_AUTH)
+                log_full(LOG_ERR, 0, MESSAGE_ID_AUTH_REJECTED, &f->log,
+                         "Authentication rejected: %s; trying again in %" PRIu64 "s.", message,
+                         (uint64_t) (delay / USEC_PER_SEC));
+        else
+                log_full(f->failures == 1 ? LOG_WARNING : LOG_NOTICE, 0,
+                         MESSAGE_ID_FEED_FAILING, &f->log,
+                         "%s; attempt %u failed, trying again in %.1fs.", message, f->failures,
+                         (double) delay / 1e6);
+        feed_set_state(f, FEED_BACKOFF);
+        if (f->ctx->once && kind != FEED_FAILURE_AUTH && f->failures >= ONCE_MAX_FAILURES) {
+                log_full(LOG_ERR, 0, MESSAGE_ID_FEED_STOPPED, &f->log,
+                         "Giving up after %u attempts (--once).", f->failures);
+                f->failure = FEED_FAILURE_FATAL;
+                feed_set_state(f, FEED_STOPPED);
+                return;
+        }
+        feed_arm_timer(f, delay);
+}
+
+static void feed_succeeded(Feed *f) {
+        f->failures = 0;
+        f->backoff_usec = 0;
+        if (f->failure != FEED_FAILURE_NONE && f->last_error)
+                log_full(LOG_NOTICE, 0, NULL, &f->log, "Recovered.");
+        f->failure = FEED_FAILURE_NONE;
+        f->last_error = mfree(f->last_error);
+}
+
+/* ---- registration ------------------------------------------------------------------------- */
+
+static void on_registered(int r, const char *error, int64_t id, const char *token,
+                          bool caught_up, void *userdata) {
+        Feed *f = userdata;
+        char msg[512];
+
+        f->job = NULL;
+        if (f->stopping)
+                return;
+        if (r < 0) {
+                snprintf(msg, sizeof(msg), "Failed to register the feed in the warehouse: %s",
+                         error ?: strerror(-r));
+                f->need_register = true;
+                feed_fail(f, FEED_FAILURE_DATABASE, 0, msg);
+                return;
+        }
+        f->need_register = false;
+        f->id = id;
+        f->log.feed_id = id;
+        free(f->token);
+        f->token = token ? strdup(token) : NULL;
+        f->caught_up = caught_up;
+        log_full(LOG_DEBUG, 0, NULL, &f->log, "Registered; position %s.",
+                 token ? "stored" : "at the start of the feed");
+        feed_fetch(f);
+}
+
+static void feed_register(Feed *f) {
+        const SourceConfig *c = f->source->config;
+        FeedIdentity id = {
+                .organization = c->name,
+                .base_url = c->url,
+                .project = f->project,
+                .types = c->types,
+                .link_types = c->link_types,
+                .api_version = c->api_version,
+                .start_date = c->start_date,
+        };
+        int r;
+
+        feed_set_state(f, FEED_REGISTERING);
+        f->need_register = true;
+        r = store_register_feed(f->ctx->store, &id, on_registered, f, &f->job);
+        if (r < 0)
+                feed_fail(f, FEED_FAILURE_DATABASE, 0, "Failed to queue the feed's registration");
+}
+
+int feed_start(Feed *f) {
+        f->stopping = false;
+        feed_register(f);
+        return 0;
+}
+
+void feed_stop(Feed *f) {
+        f->stopping = true;
+        f->request = http_request_free(f->request);
+        feed_release_slot(f);
+        f->timer = sd_event_source_disable_unref(f->timer);
+        /* A commit on the wire completes or rolls back by itself; only forget its callback. */
+        store_job_cancel(f->job);
+        f->job = NULL;
+}
+
+void feed_kick(Feed *f) {
+        if (f->stopping)
+                return;
+        if (f->state == FEED_BACKOFF || f->state == FEED_WAITING || f->state == FEED_STOPPED) {
+                f->backoff_usec = 0;
+                f->not_before = 0;
+                if (f->state == FEED_STOPPED || f->need_register)
+                        feed_register(f);
+                else
+                        feed_fetch(f);
+        }
+}
+
+/* ---- batches -------------------------------------------------------------------------------- */
+
+static void on_applied(int r, const char *error, int64_t new_events, void *userdata) {
+        Feed *f = userdata;
+        char msg[1024];
+        bool last = f->pending_last;
+
+        f->job = NULL;
+        if (r < 0) {
+                /* The commit's outcome is unknown, or it failed: read the position again. */
+                f->need_register = true;
+                if (f->stopping)
+                        return;
+                snprintf(msg, sizeof(msg), "Failed to store a batch of %zu events: %s",
+                         f->pending_events, error ?: strerror(-r));
+                feed_fail(f, FEED_FAILURE_DATABASE, 0, msg);
+                return;
+        }
+        free(f->token);
+        f->token = TAKE_PTR(f->pending_token);
+        f->events_applied += f->pending_events;
+        feed_succeeded(f);
+        log_full(LOG_DEBUG, 0, NULL,
+                 &(LogContext){ .feed_id = f->id,
+                                .organization = f->log.organization,
+                                .project = f->project,
+                                .events = (int64_t) f->pending_events },
+                 "Committed a batch: %zu events, %" PRIi64 " new.", f->pending_events, new_events);
+        if (last && (!f->caught_up || !f->reached_end)) {
+                if (!f->caught_up || f->events_applied > 0)
+                        log_full(LOG_INFO, 0, MESSAGE_ID_FEED_CAUGHT_UP,
+                                 &(LogContext){ .feed_id = f->id,
+                                                .organization = f->log.organization,
+                                                .project = f->project,
+                                                .events = (int64_t) f->events_applied },
+                                 "Caught up (%" PRIu64 " events committed since start).",
+                                 f->events_applied);
+        }
+        f->caught_up = last;
+        if (last)
+                f->reached_end = true;
+        if (f->stopping)
+                return;
+        if (last) {
+                feed_set_state(f, FEED_WAITING);
+                if (!f->ctx->once) {
+                        uint64_t delay = f->ctx->config->poll_interval_usec;
+                        uint64_t now = now_usec(f);
+
+                        if (f->not_before > now + delay)
+                                delay = f->not_before - now;
+                        feed_arm_timer(f, delay);
+                }
+                return;
+        }
+        feed_fetch(f);
+}
+
+static bool is_html(const HttpResponse *resp) {
+        size_t i = 0;
+
+        if (resp->content_type && strcasestr(resp->content_type, "html"))
+                return true;
+        while (i < resp->size && (resp->body[i] == ' ' || resp->body[i] == '\n' ||
+                                  resp->body[i] == '\r' || resp->body[i] == '\t'))
+                i++;
+        return i < resp->size && resp->body[i] == '<';
+}
+
+/* The "message" of an Azure DevOps JSON error body, if there is one. */
+static void error_body_message(const HttpResponse *resp, char *buf, size_t n) {
+        json_t *root, *m, *k;
+
+        buf[0] = 0;
+        if (is_html(resp) || resp->size == 0)
+                return;
+        root = json_loadb(resp->body, resp->size, 0, NULL);
+        if (!root)
+                return;
+        m = json_object_get(root, "message");
+        k = json_object_get(root, "typeKey");
+        if (json_is_string(m))
+                snprintf(buf, n, ": %.300s%s%.100s%s", json_string_value(m),
+                         json_is_string(k) ? " (" : "", json_is_string(k) ? json_string_value(k) : "",
+                         json_is_string(k) ? ")" : "");
+        json_decref(root);
+}
+
+static void feed_take_batch(Feed *f, const HttpResponse *resp) {
+        _cleanup_(batch_freep) Batch *b = NULL;
+        _cleanup_free_ char *why = NULL;
+        const char *next;
+        char msg[1024];
+        int r;
+
+        r = batch_parse(resp->body, resp->size, &b, &why);
+        if (r == -ENOMEM) {
+                feed_fail(f, FEED_FAILURE_TRANSIENT, 0, "Out of memory parsing a batch");
+                return;
+        }
+        if (r < 0) {
+                snprintf(msg, sizeof(msg),
+                         "Rejected a batch that fails validation (%s; ActivityId %s)",
+                         why ?: "invalid", f->activity_id);
+                feed_fail(f, FEED_FAILURE_TRANSIENT, 0, msg);
+                return;
+        }
+        next = b->token;
+        if (!next && b->is_last)
+                next = f->request_token; /* nothing new: keep the position */
+        if (!next) {
+                feed_fail(f, FEED_FAILURE_TRANSIENT, 0,
+                          "A non-final batch carries no continuation token");
+                return;
+        }
+        if (!b->is_last && f->request_token && strcmp(next, f->request_token) == 0) {
+                feed_fail(f, FEED_FAILURE_TRANSIENT, 0,
+                          "A non-final batch did not advance the continuation token");
+                return;
+        }
+        free(f->pending_token);
+        f->pending_token = strdup(next);
+        if (!f->pending_token) {
+                feed_fail(f, FEED_FAILURE_TRANSIENT, 0, "Out of memory");
+                return;
+        }
+        f->pending_last = b->is_last;
+        f->pending_events = b->n_events;
+        feed_set_state(f, FEED_STORING);
+        r = store_apply_batch(f->ctx->store, f->id, b, f->pending_token, b->is_last, on_applied, f,
+                              &f->job);
+        if (r < 0)
+                feed_fail(f, FEED_FAILURE_TRANSIENT, 0, "Out of memory queueing a batch");
+}
+
+static void feed_handle_response(Feed *f, const HttpResponse *resp, uint64_t now,
+                                 uint64_t min_delay, char *msg, size_t msg_size, char *detail,
+                                 size_t detail_size);
+
+static void on_http_done(HttpRequest *req _unused_, const HttpResponse *resp, void *userdata) {
+        Feed *f = userdata;
+        char msg[1024], detail[512];
+        uint64_t now = now_usec(f), min_delay = 0;
+
+        /* Every line about this response carries its status and ActivityId. */
+        snprintf(f->activity_id, sizeof(f->activity_id), "%s", resp->activity_id ?: "none");
+        f->log.http_status = (int) resp->status;
+        f->log.activity_id = resp->activity_id ? f->activity_id : NULL;
+        feed_handle_response(f, resp, now, min_delay, msg, sizeof(msg), detail, sizeof(detail));
+        f->log.http_status = 0;
+        f->log.activity_id = NULL;
+}
+
+static void feed_handle_response(Feed *f, const HttpResponse *resp, uint64_t now,
+                                 uint64_t min_delay, char *msg, size_t msg_size, char *detail,
+                                 size_t detail_size) {
+
+        /* Retry-After counts on every response, 200 included. */
+        if (resp->retry_after_usec >= 0) {
+                f->not_before = now + (uint64_t) resp->retry_after_usec;
+                min_delay = (uint64_t) resp->retry_after_usec;
+        }
+        if (resp->ratelimit_delay_usec > 0 && now + (uint64_t) resp->ratelimit_delay_usec > f->not_before)
+                f->not_before = now + (uint64_t) resp->ratelimit_delay_usec;
+
+        if (resp->code != CURLE_OK) {
+                if (resp->too_large)
+                        snprintf(msg, msg_size,
+                                 "The response is larger than max-response-size (%" PRIu64
+                                 " bytes); refused",
+                                 f->ctx->config->max_response_size);
+                else
+                        snprintf(msg, msg_size, "Request failed: %s", resp->error);
+                goto transient;
+        }
+
+        if (resp->status == 203 || (resp->status >= 300 && resp->status < 400) ||
+            resp->status == 401 || resp->status == 403 ||
+            (resp->status >= 200 && resp->status < 300 && is_html(resp))) {
+                snprintf(msg, msg_size,
+                         "HTTP %ld%s: the server did not accept the credential (check the token, "
+                         "its expiry and its vso.work scope; ActivityId %s)",
+                         resp->status, is_html(resp) ? " with an HTML page" : "", f->activity_id);
+                f->request = http_request_free(f->request);
+                feed_release_slot(f);
+                feed_fail(f, FEED_FAILURE_AUTH, min_delay, msg);
+                return;
+        }
+
+        if (resp->status >= 200 && resp->status < 300) {
+                /* The request object owns the body; keep it until the batch is copied. */
+                HttpRequest *r = TAKE_PTR(f->request);
+
+                feed_release_slot(f);
+                feed_take_batch(f, resp);
+                http_request_free(r);
+                return;
+        }
+
+        error_body_message(resp, detail, detail_size);
+        if (resp->status == 400 && f->request_token) {
+                snprintf(msg, msg_size,
+                         "HTTP 400%s: the server rejected the stored continuation token; "
+                         "reset the feed (UPDATE witlink.feed SET continuation_token = NULL "
+                         "WHERE feed_id = %" PRIi64 ") to start it over (ActivityId %s)",
+                         detail, f->id, f->activity_id);
+                f->request = http_request_free(f->request);
+                feed_release_slot(f);
+                feed_fail(f, FEED_FAILURE_FATAL, 0, msg);
+                return;
+        }
+        if (resp->status == 400 || resp->status == 404) {
+                snprintf(msg, msg_size,
+                         "HTTP %ld%s: check url, projects, filters and api-version (ActivityId %s)",
+                         resp->status, detail, f->activity_id);
+                if (min_delay < NOT_FOUND_BACKOFF_USEC)
+                        min_delay = NOT_FOUND_BACKOFF_USEC;
+                f->request = http_request_free(f->request);
+                feed_release_slot(f);
+                feed_fail(f, FEED_FAILURE_TRANSIENT, min_delay, msg);
+                return;
+        }
+        snprintf(msg, msg_size, "HTTP %ld%s (ActivityId %s)", resp->status, detail,
+                 f->activity_id);
+        if (resp->host_offline && min_delay < HOST_OFFLINE_BACKOFF_USEC)
+                min_delay = HOST_OFFLINE_BACKOFF_USEC;
+        if (resp->status == 429)
+                log_full(LOG_WARNING, 0, MESSAGE_ID_THROTTLED, &f->log,
+                         "Throttled by the server (HTTP 429).");
+
+transient:
+        f->request = http_request_free(f->request);
+        feed_release_slot(f);
+        feed_fail(f, FEED_FAILURE_TRANSIENT, min_delay, msg);
+}
+
+static void feed_fetch(Feed *f) {
+        const SourceConfig *c = f->source->config;
+        _cleanup_free_ char *url = NULL;
+        uint64_t now;
+        int r;
+
+        if (f->stopping)
+                return;
+        now = now_usec(f);
+        if (f->not_before > now) {
+                /* Retry-After or a rate-limit delay is still running. */
+                if (f->state != FEED_WAITING && f->state != FEED_BACKOFF)
+                        feed_set_state(f, FEED_BACKOFF);
+                feed_arm_timer(f, f->not_before - now);
+                return;
+        }
+        if (f->source->in_flight >= c->max_parallel) {
+                feed_set_state(f, FEED_QUEUED);
+                return;
+        }
+
+        FeedQuery q = {
+                .base_url = c->url,
+                .project = f->project,
+                .api_version = c->api_version,
+                .token = f->token,
+                .types = c->types,
+                .link_types = c->link_types,
+                .start_date = c->start_date,
+        };
+        r = url_build_feed(&q, &url);
+        if (r < 0) {
+                feed_fail(f, FEED_FAILURE_TRANSIENT, 0, "Out of memory building a URL");
+                return;
+        }
+        free(f->request_token);
+        f->request_token = f->token ? strdup(f->token) : NULL;
+
+        HttpRequestOptions o = {
+                .url = url,
+                .auth = c->auth,
+                .token = c->token,
+                .ca_file = c->ca_file,
+                .timeout_usec = f->ctx->config->http_timeout_usec,
+                .max_size = f->ctx->config->max_response_size,
+        };
+        f->request = http_request_free(f->request);
+        r = http_request_start(f->ctx->http, &o, on_http_done, f, &f->request);
+        if (r < 0) {
+                feed_fail(f, FEED_FAILURE_TRANSIENT, 0, "Failed to start an HTTP request");
+                return;
+        }
+        f->requests++;
+        f->holds_slot = true;
+        f->source->in_flight++;
+        log_full(LOG_DEBUG, 0, NULL, &f->log, "GET %s", url);
+        feed_set_state(f, FEED_FETCHING);
+}

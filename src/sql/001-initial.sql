@@ -1,0 +1,175 @@
+-- SPDX-License-Identifier: MIT
+-- witlinkd schema version 1: feeds, the event log, the current link state, the batch function.
+
+CREATE TABLE witlink.feed (
+    feed_id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    organization        text NOT NULL,
+    base_url            text NOT NULL,
+    project             text,                      -- NULL: the collection-wide feed
+    types               text NOT NULL DEFAULT '',  -- normalised filter lists ('' = none)
+    link_types          text NOT NULL DEFAULT '',
+    api_version         text NOT NULL,
+    start_date          text,
+    continuation_token  text,
+    caught_up           boolean NOT NULL DEFAULT false,
+    last_success_at     timestamptz,
+    last_batch_at       timestamptz,
+    events_total        bigint NOT NULL DEFAULT 0,
+    batches_total       bigint NOT NULL DEFAULT 0,
+    last_error          text,
+    last_error_at       timestamptz,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT feed_identity UNIQUE NULLS NOT DISTINCT
+        (organization, base_url, project, types, link_types)
+);
+
+COMMENT ON TABLE witlink.feed IS
+    'One row per feed (source, project or whole collection, filters) with its continuation token.';
+
+-- Append-only: one row per distinct link change, event_id in arrival (feed) order.
+CREATE TABLE witlink.work_item_link_event (
+    event_id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    organization              text NOT NULL,
+    feed_id                   bigint NOT NULL,   -- the feed that brought it first
+    link_type_reference_name  text NOT NULL,
+    link_type                 text,
+    source_work_item_id       integer NOT NULL,
+    target_work_item_id       integer NOT NULL,
+    changed_date              timestamptz NOT NULL,
+    changed_operation         text NOT NULL CHECK (changed_operation IN ('create', 'remove')),
+    is_active_reported        boolean,
+    changed_by_id             text,
+    changed_by                text,
+    changed_by_display_name   text,
+    comment                   text,
+    source_project_id         uuid,
+    target_project_id         uuid,
+    ingested_at               timestamptz NOT NULL DEFAULT now(),
+    -- What makes a change the same change when it is seen again (a replayed batch, or a
+    -- cross-project link in two project feeds).
+    CONSTRAINT work_item_link_event_change UNIQUE
+        (source_work_item_id, target_work_item_id, changed_date, link_type_reference_name,
+         changed_operation, organization)
+);
+
+COMMENT ON TABLE witlink.work_item_link_event IS
+    'Every distinct work item link change, once, in the order the feeds delivered them.';
+
+CREATE TABLE witlink.work_item_link (
+    organization              text NOT NULL,
+    link_type_reference_name  text NOT NULL,
+    source_work_item_id       integer NOT NULL,
+    target_work_item_id       integer NOT NULL,
+    is_active                 boolean NOT NULL,
+    link_type                 text,
+    source_project_id         uuid,
+    target_project_id         uuid,
+    comment                   text,
+    created_date              timestamptz,
+    created_by                text,
+    deleted_date              timestamptz,
+    deleted_by                text,
+    changed_date              timestamptz NOT NULL,
+    changed_by                text,
+    last_event_id             bigint NOT NULL,
+    updated_at                timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (organization, link_type_reference_name, source_work_item_id, target_work_item_id)
+);
+
+COMMENT ON TABLE witlink.work_item_link IS
+    'Current state of every link ever seen: the last change per link in feed order.';
+
+-- Applies the batch staged in pg_temp.witlink_stage (filled by COPY in the same transaction):
+-- new events are appended once, the current state follows them in feed order without ever
+-- going back to an older changed_date, and the feed's token and counters move with them.
+CREATE FUNCTION witlink.apply_batch(p_feed bigint, p_token text, p_caught_up boolean,
+                                    p_received integer)
+RETURNS integer
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_org text;
+    v_new integer;
+BEGIN
+    SELECT organization INTO v_org FROM witlink.feed WHERE feed_id = p_feed FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'feed % does not exist', p_feed USING ERRCODE = 'no_data_found';
+    END IF;
+
+    WITH ins AS (
+        INSERT INTO witlink.work_item_link_event AS e
+            (organization, feed_id, link_type_reference_name, link_type,
+             source_work_item_id, target_work_item_id, changed_date, changed_operation,
+             is_active_reported, changed_by_id, changed_by, changed_by_display_name, comment,
+             source_project_id, target_project_id)
+        SELECT v_org, p_feed, s.rel, s.link_type, s.source_id, s.target_id, s.changed_date, s.op,
+               s.is_active_reported, s.changed_by_id, s.changed_by, s.changed_by_display_name,
+               s.comment, s.source_project_id, s.target_project_id
+          FROM pg_temp.witlink_stage s
+         ORDER BY s.seq
+        ON CONFLICT ON CONSTRAINT work_item_link_event_change DO NOTHING
+        RETURNING e.*
+    ), last AS (
+        SELECT DISTINCT ON (link_type_reference_name, source_work_item_id, target_work_item_id) *
+          FROM ins
+         ORDER BY link_type_reference_name, source_work_item_id, target_work_item_id,
+                  event_id DESC
+    ), last_create AS (
+        SELECT DISTINCT ON (link_type_reference_name, source_work_item_id, target_work_item_id)
+               link_type_reference_name, source_work_item_id, target_work_item_id,
+               changed_date, changed_by
+          FROM ins
+         WHERE changed_operation = 'create'
+         ORDER BY link_type_reference_name, source_work_item_id, target_work_item_id,
+                  event_id DESC
+    ), upsert AS (
+        INSERT INTO witlink.work_item_link AS w
+            (organization, link_type_reference_name, source_work_item_id, target_work_item_id,
+             is_active, link_type, source_project_id, target_project_id, comment,
+             created_date, created_by, deleted_date, deleted_by, changed_date, changed_by,
+             last_event_id, updated_at)
+        SELECT l.organization, l.link_type_reference_name, l.source_work_item_id,
+               l.target_work_item_id, l.changed_operation = 'create', l.link_type,
+               l.source_project_id, l.target_project_id, l.comment,
+               c.changed_date, c.changed_by,
+               CASE WHEN l.changed_operation = 'remove' THEN l.changed_date END,
+               CASE WHEN l.changed_operation = 'remove' THEN l.changed_by END,
+               l.changed_date, l.changed_by, l.event_id, now()
+          FROM last l
+          LEFT JOIN last_create c
+               USING (link_type_reference_name, source_work_item_id, target_work_item_id)
+        ON CONFLICT (organization, link_type_reference_name, source_work_item_id,
+                     target_work_item_id) DO UPDATE SET
+            is_active = EXCLUDED.is_active,
+            link_type = EXCLUDED.link_type,
+            source_project_id = EXCLUDED.source_project_id,
+            target_project_id = EXCLUDED.target_project_id,
+            comment = EXCLUDED.comment,
+            created_date = CASE WHEN EXCLUDED.created_date IS NOT NULL
+                                THEN EXCLUDED.created_date ELSE w.created_date END,
+            created_by = CASE WHEN EXCLUDED.created_date IS NOT NULL
+                              THEN EXCLUDED.created_by ELSE w.created_by END,
+            deleted_date = EXCLUDED.deleted_date,
+            deleted_by = EXCLUDED.deleted_by,
+            changed_date = EXCLUDED.changed_date,
+            changed_by = EXCLUDED.changed_by,
+            last_event_id = EXCLUDED.last_event_id,
+            updated_at = EXCLUDED.updated_at
+        WHERE w.changed_date <= EXCLUDED.changed_date
+    )
+    SELECT count(*) INTO v_new FROM ins;
+
+    UPDATE witlink.feed
+       SET continuation_token = p_token,
+           caught_up = p_caught_up,
+           last_success_at = now(),
+           last_batch_at = now(),
+           events_total = events_total + p_received,
+           batches_total = batches_total + 1,
+           last_error = NULL,
+           last_error_at = NULL
+     WHERE feed_id = p_feed;
+
+    PERFORM pg_notify('witlink', p_feed::text);
+    RETURN v_new;
+END
+$fn$;
