@@ -24,6 +24,7 @@ typedef enum FeedState {
         FEED_STORING,     /* a batch is being committed */
         FEED_WAITING,     /* caught up: the poll interval runs */
         FEED_BACKOFF,     /* after a failure: waiting to try again */
+        FEED_STANDBY,     /* another instance owns the feed: try to take it every poll interval */
         FEED_STOPPED,     /* needs an operator (e.g. the server rejected the token) */
         _FEED_STATE_MAX,
 } FeedState;
@@ -66,12 +67,18 @@ int feed_start(Feed *f);
 void feed_stop(Feed *f);
 /* Tries again at once if the feed is backing off or waiting (after a reload). */
 void feed_kick(Feed *f);
+/* The database session ended: the feed's lock is gone with it. Stop writing, claim it again. */
+void feed_session_lost(Feed *f);
+/* Stops the feed and lets another instance take it (the configuration no longer has it). */
+void feed_release(Feed *f);
 
 FeedState feed_get_state(Feed *f);
 FeedFailure feed_get_failure(Feed *f);
 const char *feed_state_to_string(FeedState s);
 const char *feed_failure_to_string(FeedFailure f);
 bool feed_caught_up(Feed *f);
+/* True while this instance owns the feed. */
+bool feed_owned(Feed *f);
 /* True once this process has committed a batch with isLastBatch since it started. */
 bool feed_reached_end(Feed *f);
 int64_t feed_id(Feed *f);

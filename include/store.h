@@ -36,8 +36,17 @@ typedef struct FeedIdentity {
 /* r: 0, or -ECONNRESET (the session was lost: the outcome of an apply is unknown until the
  * feed's position is read again), -EIO (the statement failed; error says why), -ENOTRECOVERABLE
  * (the schema is newer than this witlinkd). */
-typedef void (*StoreRegisterFunc)(int r, const char *error, int64_t feed_id, const char *token,
-                                  bool caught_up, void *userdata);
+typedef struct FeedClaim {
+        int64_t feed_id;
+        const char *token; /* NULL: the start of the feed */
+        bool caught_up;
+        bool owned;             /* this session holds the feed's advisory lock */
+        const char *owner_host; /* the last owner, when not owned */
+        int owner_pid;
+} FeedClaim;
+
+typedef void (*StoreRegisterFunc)(int r, const char *error, const FeedClaim *claim,
+                                  void *userdata);
 typedef void (*StoreApplyFunc)(int r, const char *error, int64_t new_events, void *userdata);
 typedef void (*StoreStateFunc)(Store *s, StoreState old_state, StoreState new_state,
                                const char *error, void *userdata);
@@ -55,9 +64,13 @@ const char *store_state_to_string(StoreState state);
 bool store_is_idle(Store *s);
 int store_schema_version(Store *s);
 
-/* Finds or creates the feed row and returns its id and stored position. */
+/* Finds or creates the feed row, tries to take the feed (its advisory lock) and returns its id,
+ * stored position and owner. */
 int store_register_feed(Store *s, const FeedIdentity *id, StoreRegisterFunc done, void *userdata,
                         StoreJob **ret);
+
+/* Lets another instance take the feed; nobody waits for it. */
+int store_release_feed(Store *s, int64_t feed_id);
 
 /* One transaction: the batch's events, the current state they lead to, the feed's new token and
  * counters, NOTIFY witlink. The batch is copied; the caller may free it at once. */

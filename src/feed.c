@@ -43,6 +43,8 @@ struct Feed {
         bool reached_end; /* this process committed a last batch */
         bool stopping;
         bool need_register;
+        bool owned;
+        bool standby_logged;
 
         HttpRequest *request;
         char *request_token; /* the token the request in flight was built from */
@@ -65,7 +67,8 @@ static const char *const state_names[_FEED_STATE_MAX] = {
         [FEED_NEW] = "new",           [FEED_REGISTERING] = "registering",
         [FEED_QUEUED] = "queued",     [FEED_FETCHING] = "fetching",
         [FEED_STORING] = "storing",   [FEED_WAITING] = "waiting",
-        [FEED_BACKOFF] = "backoff",   [FEED_STOPPED] = "stopped",
+        [FEED_BACKOFF] = "backoff",   [FEED_STANDBY] = "standby",
+        [FEED_STOPPED] = "stopped",
 };
 
 static const char *const failure_names[_FEED_FAILURE_MAX] = {
@@ -79,8 +82,9 @@ static const char *const failure_names[_FEED_FAILURE_MAX] = {
 static const unsigned allowed[_FEED_STATE_MAX] = {
         [FEED_NEW] = B(FEED_REGISTERING) | B(FEED_STOPPED),
         [FEED_REGISTERING] = B(FEED_QUEUED) | B(FEED_FETCHING) | B(FEED_BACKOFF) |
-                             B(FEED_STOPPED) | B(FEED_WAITING),
-        [FEED_QUEUED] = B(FEED_FETCHING) | B(FEED_BACKOFF) | B(FEED_STOPPED),
+                             B(FEED_STOPPED) | B(FEED_WAITING) | B(FEED_STANDBY),
+        [FEED_QUEUED] = B(FEED_FETCHING) | B(FEED_BACKOFF) | B(FEED_STOPPED) |
+                        B(FEED_REGISTERING),
         [FEED_FETCHING] = B(FEED_STORING) | B(FEED_BACKOFF) | B(FEED_STOPPED) |
                           B(FEED_REGISTERING),
         [FEED_STORING] = B(FEED_QUEUED) | B(FEED_FETCHING) | B(FEED_WAITING) |
@@ -89,6 +93,7 @@ static const unsigned allowed[_FEED_STATE_MAX] = {
                          B(FEED_BACKOFF) | B(FEED_STOPPED),
         [FEED_BACKOFF] = B(FEED_REGISTERING) | B(FEED_QUEUED) | B(FEED_FETCHING) |
                          B(FEED_BACKOFF) | B(FEED_STOPPED),
+        [FEED_STANDBY] = B(FEED_REGISTERING) | B(FEED_STOPPED),
         [FEED_STOPPED] = B(FEED_REGISTERING),
 };
 #undef B
@@ -243,6 +248,10 @@ bool feed_caught_up(Feed *f) {
         return f->caught_up;
 }
 
+bool feed_owned(Feed *f) {
+        return f->owned;
+}
+
 bool feed_reached_end(Feed *f) {
         return f->reached_end;
 }
@@ -390,8 +399,7 @@ static void feed_succeeded(Feed *f) {
 
 /* ---- registration ------------------------------------------------------------------------- */
 
-static void on_registered(int r, const char *error, int64_t id, const char *token,
-                          bool caught_up, void *userdata) {
+static void on_registered(int r, const char *error, const FeedClaim *claim, void *userdata) {
         Feed *f = userdata;
         char msg[512];
 
@@ -405,14 +413,29 @@ static void on_registered(int r, const char *error, int64_t id, const char *toke
                 feed_fail(f, FEED_FAILURE_DATABASE, 0, msg);
                 return;
         }
+        f->id = claim->feed_id;
+        f->log.feed_id = claim->feed_id;
+        f->caught_up = claim->caught_up;
+        f->owned = claim->owned;
+        if (!claim->owned) {
+                /* Another instance holds the feed: try again every poll interval. */
+                if (!f->standby_logged)
+                        log_full(LOG_INFO, 0, NULL, &f->log,
+                                 "Owned by another instance (%s, pid %d); standing by.",
+                                 claim->owner_host ?: "?", claim->owner_pid);
+                f->standby_logged = true;
+                feed_set_state(f, FEED_STANDBY);
+                feed_arm_timer(f, jitter(f->ctx->config->poll_interval_usec));
+                return;
+        }
+        if (f->standby_logged)
+                log_full(LOG_INFO, 0, NULL, &f->log, "Took the feed over.");
+        f->standby_logged = false;
         f->need_register = false;
-        f->id = id;
-        f->log.feed_id = id;
         free(f->token);
-        f->token = token ? strdup(token) : NULL;
-        f->caught_up = caught_up;
+        f->token = claim->token ? strdup(claim->token) : NULL;
         log_full(LOG_DEBUG, 0, NULL, &f->log, "Registered; position %s.",
-                 token ? "stored" : "at the start of the feed");
+                 claim->token ? "stored" : "at the start of the feed");
         feed_fetch(f);
 }
 
@@ -450,6 +473,29 @@ void feed_stop(Feed *f) {
         /* A commit on the wire completes or rolls back by itself; only forget its callback. */
         store_job_cancel(f->job);
         f->job = NULL;
+}
+
+void feed_session_lost(Feed *f) {
+        if (f->stopping || f->state == FEED_NEW || f->state == FEED_STOPPED)
+                return;
+        f->owned = false;
+        f->request = http_request_free(f->request);
+        feed_release_slot(f);
+        /* A commit on the wire has failed already; a queued one would be refused. */
+        store_job_cancel(f->job);
+        f->job = NULL;
+        if (f->timer)
+                (void) sd_event_source_set_enabled(f->timer, SD_EVENT_OFF);
+        feed_register(f);
+}
+
+void feed_release(Feed *f) {
+        bool owned = f->owned && f->id > 0;
+
+        feed_stop(f);
+        if (owned)
+                (void) store_release_feed(f->ctx->store, f->id);
+        f->owned = false;
 }
 
 void feed_kick(Feed *f) {

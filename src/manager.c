@@ -63,7 +63,7 @@ static void manager_exit(Manager *m, int code) {
 /* ---- status ------------------------------------------------------------------------------- */
 
 static void manager_format_status(Manager *m, char *buf, size_t n) {
-        unsigned caught_up = 0, backfilling = 0, failing = 0, stopped = 0;
+        unsigned caught_up = 0, backfilling = 0, failing = 0, stopped = 0, standby = 0;
         uint64_t events = 0, now = manager_now(m);
 
         for (size_t i = 0; i < m->n_feeds; i++) {
@@ -73,6 +73,8 @@ static void manager_format_status(Manager *m, char *buf, size_t n) {
                 events += feed_events_applied(f);
                 if (st == FEED_STOPPED)
                         stopped++;
+                else if (st == FEED_STANDBY)
+                        standby++;
                 else if (feed_get_failure(f) != FEED_FAILURE_NONE)
                         failing++;
                 else if (feed_caught_up(f))
@@ -95,9 +97,10 @@ static void manager_format_status(Manager *m, char *buf, size_t n) {
                          m->n_feeds, events);
         else
                 snprintf(buf, n,
-                         "%zu feeds: %u caught up, %u backfilling, %u failing, %u stopped; "
-                         "%.0f events/s, %" PRIu64 " events committed.",
-                         m->n_feeds, caught_up, backfilling, failing, stopped, m->rate, events);
+                         "%zu feeds: %u caught up, %u backfilling, %u failing, %u stopped, "
+                         "%u standby; %.0f events/s, %" PRIu64 " events committed.",
+                         m->n_feeds, caught_up, backfilling, failing, stopped, standby, m->rate,
+                         events);
 }
 
 static void manager_send_status(Manager *m) {
@@ -180,13 +183,16 @@ static void on_feed_change(Feed *f, void *userdata) {
                 manager_stop(m, EX_UNAVAILABLE);
                 return;
         }
-        /* --once: done when every feed reached its end or stopped for good. */
+        /* --once: done when every feed reached its end, stopped for good, or is owned (and so
+         * kept current) by another instance. */
         bool all = true, any_stopped = false;
         for (size_t i = 0; i < m->n_feeds; i++) {
                 Feed *g = m->feeds[i];
 
                 if (feed_get_state(g) == FEED_STOPPED)
                         any_stopped = true;
+                else if (feed_get_state(g) == FEED_STANDBY)
+                        continue;
                 else if (!(feed_reached_end(g) && feed_get_state(g) == FEED_WAITING))
                         all = false;
         }
@@ -276,6 +282,7 @@ static int manager_apply_config(Manager *m, Config *config) {
                 log_info("Feed %" PRIi64 " (%s) is no longer configured; its rows stay.",
                          feed_id(m->feeds[i]),
                          feed_project(m->feeds[i]) ?: "collection-wide");
+                feed_release(m->feeds[i]);
                 feed_free(m->feeds[i]);
         }
         for (size_t i = n_old; i < m->n_feeds; i++)
@@ -334,6 +341,9 @@ static void on_store_state(Store *s _unused_, StoreState old, StoreState state, 
                         log_full(LOG_ERR, 0, MESSAGE_ID_DATABASE_LOST, NULL,
                                  "Lost the database session: %s; reconnecting.", error ?: "?");
                 m->db_lost = m->ready_sent;
+                /* The feeds' advisory locks ended with the session. */
+                for (size_t i = 0; i < m->n_feeds; i++)
+                        feed_session_lost(m->feeds[i]);
         }
         if (state == STORE_READY && old == STORE_MIGRATING) {
                 if (m->db_lost) {

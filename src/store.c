@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "migrations.h"
@@ -28,6 +29,7 @@ typedef enum JobKind {
         JOB_REGISTER,
         JOB_APPLY,
         JOB_RECORD_ERROR,
+        JOB_RELEASE,
         JOB_MIGRATE_CHECK,
         JOB_MIGRATE_APPLY,
         JOB_SETUP,
@@ -46,7 +48,7 @@ struct StoreJob {
         bool cancelled;
 
         /* JOB_REGISTER and JOB_RECORD_ERROR: a parameterised statement */
-        char *params[8];
+        char *params[10];
         int n_params;
 
         /* JOB_APPLY */
@@ -64,6 +66,9 @@ struct StoreJob {
         int64_t out_feed_id;
         char *out_token;
         bool out_caught_up;
+        bool out_owned;
+        char *out_owner_host;
+        int out_owner_pid;
         int64_t out_count;
 
         StoreRegisterFunc on_register;
@@ -123,11 +128,10 @@ static const char migrate_check_sql[] =
         "SELECT coalesce(max(version), 0) FROM witlink.schema_version;";
 
 static const char register_sql[] =
-        "INSERT INTO witlink.feed (organization, base_url, project, types, link_types, "
-        "api_version, start_date) VALUES ($1, $2, $3, $4, $5, $6, $7) "
-        "ON CONFLICT ON CONSTRAINT feed_identity DO UPDATE SET api_version = EXCLUDED.api_version, "
-        "start_date = EXCLUDED.start_date "
-        "RETURNING feed_id, continuation_token, caught_up";
+        "SELECT feed_id, continuation_token, caught_up, owned, owner_host, owner_pid "
+        "FROM witlink.claim_feed($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+static const char release_sql[] = "SELECT witlink.release_feed($1)";
 
 static const char record_error_sql[] =
         "UPDATE witlink.feed SET last_error = $2, "
@@ -148,6 +152,7 @@ static StoreJob *job_free(StoreJob *j) {
         free(j->copy_data);
         free(j->error);
         free(j->out_token);
+        free(j->out_owner_host);
         free(j);
         return NULL;
 }
@@ -207,9 +212,17 @@ void store_job_cancel(StoreJob *j) {
 
 static void job_complete(StoreJob *j, int r) {
         if (!j->cancelled) {
-                if (j->on_register)
-                        j->on_register(r, j->error, j->out_feed_id, j->out_token, j->out_caught_up,
-                                       j->userdata);
+                if (j->on_register) {
+                        FeedClaim claim = {
+                                .feed_id = j->out_feed_id,
+                                .token = j->out_token,
+                                .caught_up = j->out_caught_up,
+                                .owned = j->out_owned,
+                                .owner_host = j->out_owner_host,
+                                .owner_pid = j->out_owner_pid,
+                        };
+                        j->on_register(r, j->error, &claim, j->userdata);
+                }
                 else if (j->on_apply)
                         j->on_apply(r, j->error, j->out_count, j->userdata);
         }
@@ -294,7 +307,11 @@ int store_format_copy(const Batch *b, char **ret, size_t *ret_size) {
 int store_register_feed(Store *s, const FeedIdentity *id, StoreRegisterFunc done, void *userdata,
                         StoreJob **ret) {
         StoreJob *j = job_new(JOB_REGISTER);
+        char host[256] = "", pid[32];
         int r = 0;
+
+        (void) gethostname(host, sizeof(host) - 1);
+        snprintf(pid, sizeof(pid), "%d", (int) getpid());
 
         if (!j)
                 return -ENOMEM;
@@ -311,6 +328,10 @@ int store_register_feed(Store *s, const FeedIdentity *id, StoreRegisterFunc done
                 r = job_add_param(j, id->api_version);
         if (r >= 0)
                 r = job_add_param(j, id->start_date);
+        if (r >= 0)
+                r = job_add_param(j, host);
+        if (r >= 0)
+                r = job_add_param(j, pid);
         if (r < 0) {
                 job_free(j);
                 return r;
@@ -353,8 +374,10 @@ int store_apply_batch(Store *s, int64_t feed_id, const Batch *b, const char *tok
         return 0;
 }
 
-int store_record_error(Store *s, int64_t feed_id, const char *message) {
-        StoreJob *j = job_new(JOB_RECORD_ERROR);
+/* A fire-and-forget statement about one feed. */
+static int store_feed_statement(Store *s, JobKind kind, int64_t feed_id, const char *arg,
+                                bool with_arg) {
+        StoreJob *j = job_new(kind);
         char id[32];
         int r;
 
@@ -362,8 +385,8 @@ int store_record_error(Store *s, int64_t feed_id, const char *message) {
                 return -ENOMEM;
         snprintf(id, sizeof(id), "%" PRIi64, feed_id);
         r = job_add_param(j, id);
-        if (r >= 0)
-                r = job_add_param(j, message);
+        if (r >= 0 && with_arg)
+                r = job_add_param(j, arg);
         if (r < 0) {
                 job_free(j);
                 return r;
@@ -371,6 +394,14 @@ int store_record_error(Store *s, int64_t feed_id, const char *message) {
         store_enqueue(s, j, false);
         store_pump(s);
         return 0;
+}
+
+int store_record_error(Store *s, int64_t feed_id, const char *message) {
+        return store_feed_statement(s, JOB_RECORD_ERROR, feed_id, message, true);
+}
+
+int store_release_feed(Store *s, int64_t feed_id) {
+        return store_feed_statement(s, JOB_RELEASE, feed_id, NULL, false);
 }
 
 /* ---- the session ------------------------------------------------------------------------ */
@@ -591,6 +622,10 @@ static int job_send(Store *s, StoreJob *j) {
                 ok = PQsendQueryParams(s->conn, record_error_sql, j->n_params, NULL,
                                        (const char *const *) j->params, NULL, NULL, 0);
                 break;
+        case JOB_RELEASE:
+                ok = PQsendQueryParams(s->conn, release_sql, j->n_params, NULL,
+                                       (const char *const *) j->params, NULL, NULL, 0);
+                break;
         case JOB_APPLY: {
                 char *lit = j->token ? PQescapeLiteral(s->conn, j->token, strlen(j->token)) : NULL;
 
@@ -657,6 +692,10 @@ static void job_take_result(StoreJob *j, PGresult *res) {
                 if (!PQgetisnull(res, 0, 1))
                         j->out_token = strdup(PQgetvalue(res, 0, 1));
                 j->out_caught_up = PQgetvalue(res, 0, 2)[0] == 't';
+                j->out_owned = PQgetvalue(res, 0, 3)[0] == 't';
+                if (!PQgetisnull(res, 0, 4))
+                        j->out_owner_host = strdup(PQgetvalue(res, 0, 4));
+                j->out_owner_pid = (int) strtol(PQgetvalue(res, 0, 5), NULL, 10);
                 break;
         case JOB_APPLY:
         case JOB_MIGRATE_CHECK:
@@ -730,8 +769,9 @@ static void store_finish_job(Store *s, StoreJob *j) {
                 job_complete(j, j->error ? -EIO : 0);
                 return;
         case JOB_RECORD_ERROR:
+        case JOB_RELEASE:
                 if (j->error)
-                        log_warning("Failed to record a feed's error: %s", j->error);
+                        log_warning("Failed to update a feed's row: %s", j->error);
                 break;
         }
         /* A failed migration or setup: start over with a fresh session. */
@@ -923,7 +963,8 @@ int store_schema_version(Store *s) {
 
 bool store_is_idle(Store *s) {
         for (StoreJob *j = s->queue_head; j; j = j->next)
-                if (!j->cancelled && j->kind != JOB_RECORD_ERROR)
+                if (!j->cancelled && j->kind != JOB_RECORD_ERROR && j->kind != JOB_RELEASE)
                         return false;
-        return !s->current || s->current->kind == JOB_RECORD_ERROR;
+        return !s->current || s->current->kind == JOB_RECORD_ERROR ||
+               s->current->kind == JOB_RELEASE;
 }

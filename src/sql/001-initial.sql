@@ -18,6 +18,10 @@ CREATE TABLE witlink.feed (
     batches_total       bigint NOT NULL DEFAULT 0,
     last_error          text,
     last_error_at       timestamptz,
+    owner_host          text,      -- the witlinkd that last took the feed ...
+    owner_pid           integer,
+    owner_backend_pid   integer,   -- ... owns it while this backend holds its advisory lock
+    owner_since         timestamptz,
     created_at          timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT feed_identity UNIQUE NULLS NOT DISTINCT
         (organization, base_url, project, types, link_types)
@@ -79,6 +83,73 @@ CREATE TABLE witlink.work_item_link (
 COMMENT ON TABLE witlink.work_item_link IS
     'Current state of every link ever seen: the last change per link in feed order.';
 
+-- Feed ownership: a feed is written by at most one witlinkd at a time, the one whose database
+-- session holds the advisory lock (7826539, feed_id). witlink.claim_feed() takes it;
+-- witlink.apply_batch() refuses to commit for a session that does not hold it, so a stale owner
+-- can never write.
+CREATE FUNCTION witlink.feed_lock_held(p_feed bigint, p_backend integer)
+RETURNS boolean
+LANGUAGE sql STABLE AS $fn$
+    SELECT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_locks l
+         WHERE l.locktype = 'advisory' AND l.granted
+           AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                              WHERE datname = current_database())
+           AND l.classid = 7826539 AND l.objid = p_feed::oid AND l.objsubid = 2
+           AND l.pid = p_backend)
+$fn$;
+
+-- Finds or creates the feed and tries to take it. Never blocks on another instance.
+CREATE FUNCTION witlink.claim_feed(p_organization text, p_base_url text, p_project text,
+                                   p_types text, p_link_types text, p_api_version text,
+                                   p_start_date text, p_host text, p_pid integer,
+                                   OUT feed_id bigint, OUT continuation_token text,
+                                   OUT caught_up boolean, OUT owned boolean,
+                                   OUT owner_host text, OUT owner_pid integer)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+BEGIN
+    -- Look first, so that claims of existing feeds do not use up identity values.
+    FOR attempt IN 1..2 LOOP
+        SELECT f.feed_id INTO feed_id
+          FROM witlink.feed f
+         WHERE f.organization = p_organization AND f.base_url = p_base_url
+           AND f.project IS NOT DISTINCT FROM p_project
+           AND f.types = p_types AND f.link_types = p_link_types;
+        EXIT WHEN FOUND;
+        INSERT INTO witlink.feed (organization, base_url, project, types, link_types,
+                                  api_version, start_date)
+        VALUES (p_organization, p_base_url, p_project, p_types, p_link_types, p_api_version,
+                p_start_date)
+        ON CONFLICT ON CONSTRAINT feed_identity DO NOTHING;
+    END LOOP;
+
+    -- Session locks stack: take it only if this session does not hold it already.
+    owned := witlink.feed_lock_held(feed_id, pg_backend_pid())
+             OR pg_try_advisory_lock(7826539, feed_id::integer);
+    IF owned THEN
+        UPDATE witlink.feed f
+           SET api_version = p_api_version, start_date = p_start_date,
+               owner_host = p_host, owner_pid = p_pid, owner_backend_pid = pg_backend_pid(),
+               owner_since = CASE WHEN f.owner_backend_pid = pg_backend_pid()
+                                  THEN f.owner_since ELSE now() END
+         WHERE f.feed_id = claim_feed.feed_id;
+    END IF;
+
+    SELECT f.continuation_token, f.caught_up, f.owner_host, f.owner_pid
+      INTO continuation_token, caught_up, owner_host, owner_pid
+      FROM witlink.feed f WHERE f.feed_id = claim_feed.feed_id;
+END
+$fn$;
+
+-- Lets another instance take the feed (after a reload removed it from this one's config).
+CREATE FUNCTION witlink.release_feed(p_feed bigint)
+RETURNS boolean
+LANGUAGE sql AS $fn$
+    SELECT CASE WHEN witlink.feed_lock_held(p_feed, pg_backend_pid())
+                THEN pg_advisory_unlock(7826539, p_feed::integer) ELSE false END
+$fn$;
+
 -- Applies the batch staged in pg_temp.witlink_stage (filled by COPY in the same transaction):
 -- new events are appended once, the current state follows them in feed order without ever
 -- going back to an older changed_date, and the feed's token and counters move with them.
@@ -93,6 +164,11 @@ BEGIN
     SELECT organization INTO v_org FROM witlink.feed WHERE feed_id = p_feed FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'feed % does not exist', p_feed USING ERRCODE = 'no_data_found';
+    END IF;
+    IF NOT witlink.feed_lock_held(p_feed, pg_backend_pid()) THEN
+        RAISE EXCEPTION 'this session does not own feed %', p_feed
+              USING ERRCODE = 'lock_not_available',
+                    HINT = 'The feed is claimed with witlink.claim_feed() first.';
     END IF;
 
     WITH ins AS (
