@@ -68,8 +68,13 @@ bool batch_valid_date(const char *s, size_t len) {
             !digits(s + 8, 2) || s[10] != 'T' || !digits(s + 11, 2) || s[13] != ':' ||
             !digits(s + 14, 2) || s[16] != ':' || !digits(s + 17, 2))
                 return false;
-        if (num(s, 4) < 1 || num(s + 5, 2) < 1 || num(s + 5, 2) > 12 || num(s + 8, 2) < 1 ||
-            num(s + 8, 2) > 31 || num(s + 11, 2) > 23 || num(s + 14, 2) > 59 || num(s + 17, 2) > 59)
+        static const int days[12] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+        int year = num(s, 4), month = num(s + 5, 2), day = num(s + 8, 2);
+
+        if (year < 1 || month < 1 || month > 12 || day < 1 || day > days[month - 1] ||
+            num(s + 11, 2) > 23 || num(s + 14, 2) > 59 || num(s + 17, 2) > 59)
+                return false;
+        if (month == 2 && day == 29 && !(year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)))
                 return false;
         if (s[19] == '.') {
                 while (20 + frac < len && isdigit((unsigned char) s[20 + frac]))

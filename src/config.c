@@ -93,12 +93,23 @@ int config_parse_timespan(const char *s, uint64_t *ret_usec) {
                         s++;
                 if (!*s)
                         break;
-                if (!isdigit((unsigned char) *s) && *s != '.')
+                /* Plain decimal numbers only: no sign, exponent or hexadecimal. */
+                end = (char *) s;
+                while (isdigit((unsigned char) *end))
+                        end++;
+                if (*end == '.') {
+                        end++;
+                        while (isdigit((unsigned char) *end))
+                                end++;
+                }
+                if (end == s || (end == s + 1 && *s == '.'))
                         return -EINVAL;
-                errno = 0;
-                v = strtold(s, &end);
-                if (errno != 0 || end == s || v < 0)
-                        return -EINVAL;
+                {
+                        _cleanup_free_ char *num = strndup(s, (size_t) (end - s));
+                        if (!num)
+                                return -ENOMEM;
+                        v = strtold(num, NULL);
+                }
                 s = end;
                 while (*s == ' ')
                         s++;
@@ -270,6 +281,7 @@ static int parse_max_parallel(const char *value, void *dst, char **ret_reason) {
         return 0;
 }
 
+/* The messages never quote the value: a URL may carry a secret in its user info. */
 static int parse_url(const char *value, void *dst, char **ret_reason) {
         const char *host;
         size_t len;
@@ -280,17 +292,16 @@ static int parse_url(const char *value, void *dst, char **ret_reason) {
         else if (strncasecmp(value, "http://", 7) == 0)
                 host = value + 7;
         else
-                return reason(ret_reason, "'%s' is not an http:// or https:// URL", value);
-        if (!*host || *host == '/')
-                return reason(ret_reason, "'%s' names no host", value);
+                return reason(ret_reason, "not an http:// or https:// URL");
+        len = strcspn(host, "/?#");
+        if (memchr(host, '@', len))
+                return reason(ret_reason, "credentials do not belong in the URL; use token-file");
+        if (len == 0)
+                return reason(ret_reason, "the URL names no host");
         for (const char *c = value; *c; c++)
                 if ((unsigned char) *c <= ' ' || *c == 0x7f || *c == '?' || *c == '#' || *c == '\\')
                         return reason(ret_reason,
-                                      "'%s' must be a plain base URL (no spaces, query or fragment)",
-                                      value);
-        len = strcspn(host, "/");
-        if (memchr(host, '@', len))
-                return reason(ret_reason, "credentials do not belong in the URL; use token-file");
+                                      "must be a plain base URL (no spaces, query or fragment)");
         len = strlen(value);
         while (len > 0 && value[len - 1] == '/')
                 len--;

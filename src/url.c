@@ -137,13 +137,12 @@ int url_token_from_next_link(const char *next_link, char **ret) {
 
         if (!next_link)
                 return -ENOENT;
-        query = strchr(next_link, '?');
+        /* The query ends at the fragment; a '?' inside the fragment is no query. */
+        end = next_link + strcspn(next_link, "#");
+        query = memchr(next_link, '?', (size_t) (end - next_link));
         if (!query)
                 return -ENOENT;
         query++;
-        end = strchr(query, '#');
-        if (!end)
-                end = query + strlen(query);
 
         for (size_t n = 0; n < ELEMENTSOF(names); n++) {
                 const char *p = query;
