@@ -22,6 +22,7 @@ typedef enum FeedState {
         FEED_QUEUED,      /* waiting for a free request slot of its source */
         FEED_FETCHING,    /* a request is in flight */
         FEED_STORING,     /* a batch is being committed */
+        FEED_PIPELINING,  /* a batch is being committed while the next is fetched or waits */
         FEED_WAITING,     /* caught up: the poll interval runs */
         FEED_BACKOFF,     /* after a failure: waiting to try again */
         FEED_STANDBY,     /* another instance owns the feed: try to take it every poll interval */

@@ -72,10 +72,11 @@ int store_register_feed(Store *s, const FeedIdentity *id, StoreRegisterFunc done
 /* Lets another instance take the feed; nobody waits for it. */
 int store_release_feed(Store *s, int64_t feed_id);
 
-/* One transaction: the batch's events, the current state they lead to, the feed's new token and
- * counters, NOTIFY witlink. The batch is copied; the caller may free it at once. */
-int store_apply_batch(Store *s, int64_t feed_id, const Batch *b, const char *token,
-                      bool caught_up, StoreApplyFunc done, void *userdata, StoreJob **ret);
+/* One transaction: the batch's events (in COPY text form, see store_format_copy(); copy_data is
+ * taken), the current state they lead to, the feed's new token and counters, NOTIFY witlink. */
+int store_apply_copy(Store *s, int64_t feed_id, char *copy_data, size_t copy_size,
+                     size_t n_events, const char *token, bool caught_up, StoreApplyFunc done,
+                     void *userdata, StoreJob **ret);
 
 /* Records a feed's last error (NULL clears it); nobody waits for it. */
 int store_record_error(Store *s, int64_t feed_id, const char *message);

@@ -49,9 +49,21 @@ struct Feed {
         HttpRequest *request;
         char *request_token; /* the token the request in flight was built from */
         StoreJob *job;
-        char *pending_token; /* the token the batch on the wire will commit */
+        char *pending_token; /* the token the batch being stored will commit */
         bool pending_last;
         size_t pending_events;
+
+        /* The next batch, fetched while the previous one is stored, in COPY text form. */
+        char *held_copy;
+        size_t held_size, held_events;
+        char *held_token;
+        bool held_last;
+
+        /* A fetch failure that happened while a batch was being stored: it is acted upon once
+         * the store has answered, so the committed position is known. */
+        FeedFailure deferred_kind;
+        uint64_t deferred_delay;
+        char *deferred_message;
         bool holds_slot;
 
         sd_event_source *timer;
@@ -66,7 +78,8 @@ struct Feed {
 static const char *const state_names[_FEED_STATE_MAX] = {
         [FEED_NEW] = "new",           [FEED_REGISTERING] = "registering",
         [FEED_QUEUED] = "queued",     [FEED_FETCHING] = "fetching",
-        [FEED_STORING] = "storing",   [FEED_WAITING] = "waiting",
+        [FEED_STORING] = "storing",   [FEED_PIPELINING] = "pipelining",
+        [FEED_WAITING] = "waiting",
         [FEED_BACKOFF] = "backoff",   [FEED_STANDBY] = "standby",
         [FEED_STOPPED] = "stopped",
 };
@@ -85,10 +98,13 @@ static const unsigned allowed[_FEED_STATE_MAX] = {
                              B(FEED_STOPPED) | B(FEED_WAITING) | B(FEED_STANDBY),
         [FEED_QUEUED] = B(FEED_FETCHING) | B(FEED_BACKOFF) | B(FEED_STOPPED) |
                         B(FEED_REGISTERING),
-        [FEED_FETCHING] = B(FEED_STORING) | B(FEED_BACKOFF) | B(FEED_STOPPED) |
-                          B(FEED_REGISTERING),
-        [FEED_STORING] = B(FEED_QUEUED) | B(FEED_FETCHING) | B(FEED_WAITING) |
-                         B(FEED_BACKOFF) | B(FEED_REGISTERING) | B(FEED_STOPPED),
+        [FEED_FETCHING] = B(FEED_STORING) | B(FEED_PIPELINING) | B(FEED_BACKOFF) |
+                          B(FEED_STOPPED) | B(FEED_REGISTERING),
+        [FEED_STORING] = B(FEED_QUEUED) | B(FEED_FETCHING) | B(FEED_PIPELINING) |
+                         B(FEED_WAITING) | B(FEED_BACKOFF) | B(FEED_REGISTERING) |
+                         B(FEED_STOPPED),
+        [FEED_PIPELINING] = B(FEED_FETCHING) | B(FEED_STORING) | B(FEED_WAITING) |
+                            B(FEED_BACKOFF) | B(FEED_REGISTERING) | B(FEED_STOPPED),
         [FEED_WAITING] = B(FEED_QUEUED) | B(FEED_FETCHING) | B(FEED_REGISTERING) |
                          B(FEED_BACKOFF) | B(FEED_STOPPED),
         [FEED_BACKOFF] = B(FEED_REGISTERING) | B(FEED_QUEUED) | B(FEED_FETCHING) |
@@ -231,6 +247,9 @@ Feed *feed_free(Feed *f) {
         free(f->token);
         free(f->request_token);
         free(f->pending_token);
+        free(f->held_copy);
+        free(f->held_token);
+        free(f->deferred_message);
         free(f->last_error);
         free(f);
         return NULL;
@@ -345,6 +364,16 @@ static uint64_t jitter(uint64_t usec) {
 /* Records a failure and schedules the next attempt. */
 static void feed_fail(Feed *f, FeedFailure kind, uint64_t min_delay, const char *message) {
         uint64_t delay;
+
+        if (f->job && kind != FEED_FAILURE_DATABASE) {
+                /* A fetch failed while a batch is being stored: act once the store answers. */
+                f->deferred_kind = kind;
+                f->deferred_delay = min_delay;
+                free(f->deferred_message);
+                f->deferred_message = strdup(message);
+                feed_set_state(f, FEED_STORING);
+                return;
+        }
 
         f->failures++;
         f->failure = kind;
@@ -465,10 +494,19 @@ int feed_start(Feed *f) {
         return 0;
 }
 
-void feed_stop(Feed *f) {
-        f->stopping = true;
+/* Forgets the fetch side: the request in flight, a held batch, a deferred failure. */
+static void feed_drop_fetched(Feed *f) {
         f->request = http_request_free(f->request);
         feed_release_slot(f);
+        f->held_copy = mfree(f->held_copy);
+        f->held_token = mfree(f->held_token);
+        f->deferred_kind = FEED_FAILURE_NONE;
+        f->deferred_message = mfree(f->deferred_message);
+}
+
+void feed_stop(Feed *f) {
+        f->stopping = true;
+        feed_drop_fetched(f);
         f->timer = sd_event_source_disable_unref(f->timer);
         /* A commit on the wire completes or rolls back by itself; only forget its callback. */
         store_job_cancel(f->job);
@@ -479,8 +517,7 @@ void feed_session_lost(Feed *f) {
         if (f->stopping || f->state == FEED_NEW || f->state == FEED_STOPPED)
                 return;
         f->owned = false;
-        f->request = http_request_free(f->request);
-        feed_release_slot(f);
+        feed_drop_fetched(f);
         /* A commit on the wire has failed already; a queued one would be refused. */
         store_job_cancel(f->job);
         f->job = NULL;
@@ -513,6 +550,19 @@ void feed_kick(Feed *f) {
 
 /* ---- batches -------------------------------------------------------------------------------- */
 
+static void feed_submit(Feed *f, char *copy, size_t size, size_t n_events, char *token,
+                        bool last);
+
+/* The busy states follow from what is in flight. */
+static void feed_update_busy_state(Feed *f) {
+        if (f->job && (f->request || f->held_copy))
+                feed_set_state(f, FEED_PIPELINING);
+        else if (f->job)
+                feed_set_state(f, FEED_STORING);
+        else if (f->request)
+                feed_set_state(f, FEED_FETCHING);
+}
+
 static void on_applied(int r, const char *error, int64_t new_events, void *userdata) {
         Feed *f = userdata;
         char msg[1024];
@@ -522,8 +572,10 @@ static void on_applied(int r, const char *error, int64_t new_events, void *userd
         if (r < 0) {
                 /* The commit's outcome is unknown, or it failed: read the position again. */
                 f->need_register = true;
+                f->pending_token = mfree(f->pending_token);
                 if (f->stopping)
                         return;
+                feed_drop_fetched(f);
                 snprintf(msg, sizeof(msg), "Failed to store a batch of %zu events: %s",
                          f->pending_events, error ?: strerror(-r));
                 feed_fail(f, FEED_FAILURE_DATABASE, 0, msg);
@@ -532,7 +584,8 @@ static void on_applied(int r, const char *error, int64_t new_events, void *userd
         free(f->token);
         f->token = TAKE_PTR(f->pending_token);
         f->events_applied += f->pending_events;
-        feed_succeeded(f);
+        if (f->deferred_kind == FEED_FAILURE_NONE)
+                feed_succeeded(f);
         log_full(LOG_DEBUG, 0, NULL,
                  &(LogContext){ .feed_id = f->id,
                                 .organization = f->log.organization,
@@ -554,6 +607,25 @@ static void on_applied(int r, const char *error, int64_t new_events, void *userd
                 f->reached_end = true;
         if (f->stopping)
                 return;
+
+        if (f->held_copy) {
+                /* The batch fetched meanwhile goes next; its successor is fetched meanwhile. */
+                feed_submit(f, TAKE_PTR(f->held_copy), f->held_size, f->held_events,
+                            TAKE_PTR(f->held_token), f->held_last);
+                return;
+        }
+        if (f->deferred_kind != FEED_FAILURE_NONE) {
+                _cleanup_free_ char *m = TAKE_PTR(f->deferred_message);
+                FeedFailure kind = f->deferred_kind;
+
+                f->deferred_kind = FEED_FAILURE_NONE;
+                feed_fail(f, kind, f->deferred_delay, m ?: "failed");
+                return;
+        }
+        if (f->request) {
+                feed_update_busy_state(f);
+                return;
+        }
         if (last) {
                 feed_set_state(f, FEED_WAITING);
                 if (!f->ctx->once) {
@@ -567,6 +639,27 @@ static void on_applied(int r, const char *error, int64_t new_events, void *userd
                 return;
         }
         feed_fetch(f);
+}
+
+/* Hands a batch to the store and, unless it is the last, starts fetching the next one. */
+static void feed_submit(Feed *f, char *copy, size_t size, size_t n_events, char *token,
+                        bool last) {
+        int r;
+
+        free(f->pending_token);
+        f->pending_token = token;
+        f->pending_last = last;
+        f->pending_events = n_events;
+        r = store_apply_copy(f->ctx->store, f->id, copy, size, n_events, token, last, on_applied,
+                             f, &f->job);
+        if (r < 0) {
+                f->pending_token = mfree(f->pending_token);
+                feed_fail(f, FEED_FAILURE_TRANSIENT, 0, "Out of memory queueing a batch");
+                return;
+        }
+        feed_update_busy_state(f);
+        if (!last)
+                feed_fetch(f);
 }
 
 static bool is_html(const HttpResponse *resp) {
@@ -620,8 +713,8 @@ static void feed_take_batch(Feed *f, const HttpResponse *resp) {
         }
         next = b->token;
         if (!next && b->is_last)
-                next = f->request_token; /* nothing new: keep the position */
-        if (!next) {
+                next = f->request_token; /* nothing new: keep the position (NULL: the start) */
+        if (!next && !b->is_last) {
                 feed_fail(f, FEED_FAILURE_TRANSIENT, 0,
                           "A non-final batch carries no continuation token");
                 return;
@@ -631,19 +724,24 @@ static void feed_take_batch(Feed *f, const HttpResponse *resp) {
                           "A non-final batch did not advance the continuation token");
                 return;
         }
-        free(f->pending_token);
-        f->pending_token = strdup(next);
-        if (!f->pending_token) {
+        _cleanup_free_ char *token = next ? strdup(next) : NULL, *copy = NULL;
+        size_t size;
+
+        if ((next && !token) || store_format_copy(b, &copy, &size) < 0) {
                 feed_fail(f, FEED_FAILURE_TRANSIENT, 0, "Out of memory");
                 return;
         }
-        f->pending_last = b->is_last;
-        f->pending_events = b->n_events;
-        feed_set_state(f, FEED_STORING);
-        r = store_apply_batch(f->ctx->store, f->id, b, f->pending_token, b->is_last, on_applied, f,
-                              &f->job);
-        if (r < 0)
-                feed_fail(f, FEED_FAILURE_TRANSIENT, 0, "Out of memory queueing a batch");
+        if (f->job) {
+                /* The previous batch is still being stored: this one waits its turn. */
+                f->held_copy = TAKE_PTR(copy);
+                f->held_size = size;
+                f->held_events = b->n_events;
+                f->held_token = TAKE_PTR(token);
+                f->held_last = b->is_last;
+                feed_update_busy_state(f);
+                return;
+        }
+        feed_submit(f, TAKE_PTR(copy), size, b->n_events, TAKE_PTR(token), b->is_last);
 }
 
 static void feed_handle_response(Feed *f, const HttpResponse *resp, uint64_t now,
@@ -753,9 +851,13 @@ static void feed_fetch(Feed *f) {
         uint64_t now;
         int r;
 
-        if (f->stopping)
+        if (f->stopping || f->request || f->held_copy)
                 return;
         now = now_usec(f);
+        /* While a batch is being stored the next one is fetched only if that can start now;
+         * otherwise on_applied() comes back here. */
+        if (f->job && (f->not_before > now || f->source->in_flight >= c->max_parallel))
+                return;
         if (f->not_before > now) {
                 /* Retry-After or a rate-limit delay is still running. */
                 if (f->state != FEED_WAITING && f->state != FEED_BACKOFF)
@@ -772,7 +874,7 @@ static void feed_fetch(Feed *f) {
                 .base_url = c->url,
                 .project = f->project,
                 .api_version = c->api_version,
-                .token = f->token,
+                .token = f->job ? f->pending_token : f->token,
                 .types = c->types,
                 .link_types = c->link_types,
                 .start_date = c->start_date,
@@ -783,7 +885,7 @@ static void feed_fetch(Feed *f) {
                 return;
         }
         free(f->request_token);
-        f->request_token = f->token ? strdup(f->token) : NULL;
+        f->request_token = q.token ? strdup(q.token) : NULL;
 
         HttpRequestOptions o = {
                 .url = url,
@@ -803,5 +905,5 @@ static void feed_fetch(Feed *f) {
         f->holds_slot = true;
         f->source->in_flight++;
         log_full(LOG_DEBUG, 0, NULL, &f->log, "GET %s", url);
-        feed_set_state(f, FEED_FETCHING);
+        feed_update_busy_state(f);
 }

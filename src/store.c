@@ -345,25 +345,24 @@ int store_register_feed(Store *s, const FeedIdentity *id, StoreRegisterFunc done
         return 0;
 }
 
-int store_apply_batch(Store *s, int64_t feed_id, const Batch *b, const char *token,
-                      bool caught_up, StoreApplyFunc done, void *userdata, StoreJob **ret) {
+int store_apply_copy(Store *s, int64_t feed_id, char *copy_data, size_t copy_size,
+                     size_t n_events, const char *token, bool caught_up, StoreApplyFunc done,
+                     void *userdata, StoreJob **ret) {
         StoreJob *j = job_new(JOB_APPLY);
-        int r;
 
-        if (!j)
+        if (!j) {
+                free(copy_data);
                 return -ENOMEM;
+        }
+        j->copy_data = copy_data;
+        j->copy_size = copy_size;
         j->feed_id = feed_id;
         j->caught_up = caught_up;
-        j->n_events = b->n_events;
+        j->n_events = n_events;
         j->token = token ? strdup(token) : NULL;
         if (token && !j->token) {
                 job_free(j);
                 return -ENOMEM;
-        }
-        r = store_format_copy(b, &j->copy_data, &j->copy_size);
-        if (r < 0) {
-                job_free(j);
-                return r;
         }
         j->on_apply = done;
         j->userdata = userdata;
