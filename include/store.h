@@ -60,7 +60,7 @@ DEFINE_CLEANUP_FUNC(Store, store_free);
 int store_start(Store *s);
 StoreState store_get_state(Store *s);
 const char *store_state_to_string(StoreState state);
-/* True when no job is queued or on the wire. */
+/* True when no job is queued or on the wire, or when no session could run one. */
 bool store_is_idle(Store *s);
 int store_schema_version(Store *s);
 

@@ -134,8 +134,9 @@ static const char register_sql[] =
 static const char release_sql[] = "SELECT witlink.release_feed($1)";
 
 static const char record_error_sql[] =
-        "UPDATE witlink.feed SET last_error = $2, "
-        "last_error_at = CASE WHEN $2 IS NULL THEN NULL ELSE now() END WHERE feed_id = $1";
+        "UPDATE witlink.feed SET last_error = $2::text, "
+        "last_error_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END "
+        "WHERE feed_id = $1::bigint";
 
 static void store_set_state(Store *s, StoreState state, const char *error);
 static void store_pump(Store *s);
@@ -961,9 +962,11 @@ int store_schema_version(Store *s) {
 }
 
 bool store_is_idle(Store *s) {
+        /* Without a session nothing queued can make progress before the exit. */
+        if (s->state != STORE_READY && s->state != STORE_BUSY && s->state != STORE_MIGRATING)
+                return true;
         for (StoreJob *j = s->queue_head; j; j = j->next)
-                if (!j->cancelled && j->kind != JOB_RECORD_ERROR && j->kind != JOB_RELEASE)
+                if (!j->cancelled)
                         return false;
-        return !s->current || s->current->kind == JOB_RECORD_ERROR ||
-               s->current->kind == JOB_RELEASE;
+        return !s->current;
 }
