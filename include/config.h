@@ -39,6 +39,9 @@ typedef struct Config {
         uint64_t poll_interval_usec;
         uint64_t http_timeout_usec;
         uint64_t max_response_size;
+        uint64_t max_backoff_usec;
+        uint64_t statement_timeout_usec;
+        bool synchronous_commit;
         int log_level;
         SourceConfig **sources;
         size_t n_sources;

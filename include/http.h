@@ -25,6 +25,8 @@ typedef struct HttpResponse {
         int64_t retry_after_usec; /* -1 when absent */
         int64_t ratelimit_delay_usec; /* -1 when absent */
         int64_t ratelimit_remaining;  /* -1 when absent */
+        int64_t ratelimit_limit;      /* -1 when absent */
+        int64_t ratelimit_reset;      /* Unix time, -1 when absent */
         bool host_offline;  /* X-VSS-HostOfflineError was present */
         const char *location;
 } HttpResponse;

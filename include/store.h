@@ -51,7 +51,13 @@ typedef void (*StoreApplyFunc)(int r, const char *error, int64_t new_events, voi
 typedef void (*StoreStateFunc)(Store *s, StoreState old_state, StoreState new_state,
                                const char *error, void *userdata);
 
-int store_new(sd_event *event, const char *conninfo, StoreStateFunc on_state, void *userdata,
+typedef struct StoreOptions {
+        const char *conninfo;
+        bool synchronous_commit;
+        uint64_t statement_timeout_usec;
+} StoreOptions;
+
+int store_new(sd_event *event, const StoreOptions *o, StoreStateFunc on_state, void *userdata,
               Store **ret);
 Store *store_free(Store *s);
 DEFINE_CLEANUP_FUNC(Store, store_free);

@@ -247,6 +247,23 @@ static int parse_size(const char *value, void *dst, char **ret_reason) {
         return 0;
 }
 
+static int parse_bool(const char *value, void *dst, char **ret_reason) {
+        static const char *const yes[] = { "on", "yes", "true", "1" };
+        static const char *const no[] = { "off", "no", "false", "0" };
+
+        for (size_t i = 0; i < ELEMENTSOF(yes); i++) {
+                if (strcasecmp(value, yes[i]) == 0) {
+                        *(bool *) dst = true;
+                        return 0;
+                }
+                if (strcasecmp(value, no[i]) == 0) {
+                        *(bool *) dst = false;
+                        return 0;
+                }
+        }
+        return reason(ret_reason, "'%s' is not a boolean (on or off)", value);
+}
+
 static int parse_log_level(const char *value, void *dst, char **ret_reason) {
         int *p = dst, l = log_level_from_string(value);
 
@@ -473,6 +490,13 @@ static const ConfigKey keys[] = {
           "limit for one whole HTTP request" },
         { DAEMON("max-response-size", parse_size, max_response_size), "64M", true,
           "larger response bodies are refused, not buffered" },
+        { DAEMON("max-backoff", parse_timespan, max_backoff_usec), "10min", true,
+          "cap of the exponential backoff after failed requests" },
+        { DAEMON("statement-timeout", parse_timespan, statement_timeout_usec), "2min", false,
+          "limit for every statement witlinkd runs in PostgreSQL" },
+        { DAEMON("synchronous-commit", parse_bool, synchronous_commit), "off", false,
+          "wait for the WAL flush of each batch's commit (safe either way: rows and token "
+          "commit together)" },
         { DAEMON("log-level", parse_log_level, log_level), "info", true,
           "err, warning, notice, info or debug" },
         { SOURCE("url", parse_url, url), NULL, true,
@@ -885,6 +909,11 @@ void config_dump(const Config *c, FILE *f) {
         fprintf(f, "http-timeout = %s\n", buf);
         format_size(buf, sizeof(buf), c->max_response_size);
         fprintf(f, "max-response-size = %s\n", buf);
+        format_timespan(buf, sizeof(buf), c->max_backoff_usec);
+        fprintf(f, "max-backoff = %s\n", buf);
+        format_timespan(buf, sizeof(buf), c->statement_timeout_usec);
+        fprintf(f, "statement-timeout = %s\n", buf);
+        fprintf(f, "synchronous-commit = %s\n", c->synchronous_commit ? "on" : "off");
         fprintf(f, "log-level = %s\n", log_level_to_string(c->log_level));
 
         for (size_t i = 0; i < c->n_sources; i++) {

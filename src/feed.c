@@ -15,7 +15,6 @@
 #include "url.h"
 
 #define BACKOFF_MIN_USEC (1 * USEC_PER_SEC)
-#define BACKOFF_MAX_USEC (10 * 60 * USEC_PER_SEC)
 #define AUTH_BACKOFF_USEC (5 * 60 * USEC_PER_SEC)
 #define NOT_FOUND_BACKOFF_USEC (5 * 60 * USEC_PER_SEC)
 #define HOST_OFFLINE_BACKOFF_USEC (10 * 60 * USEC_PER_SEC)
@@ -24,6 +23,8 @@
 struct FeedSource {
         const SourceConfig *config;
         unsigned in_flight;
+        uint64_t not_before; /* CLOCK_MONOTONIC: no request before (throttling is per identity) */
+        bool throttled;      /* a throttling episode was logged */
         Feed **feeds; /* every feed of this source, to hand free slots on */
         size_t n_feeds;
 };
@@ -68,7 +69,6 @@ struct Feed {
 
         sd_event_source *timer;
         uint64_t backoff_usec;
-        uint64_t not_before; /* CLOCK_MONOTONIC: no request before (Retry-After) */
         unsigned failures;   /* consecutive */
         unsigned requests;
         uint64_t events_applied;
@@ -389,8 +389,8 @@ static void feed_fail(Feed *f, FeedFailure kind, uint64_t min_delay, const char 
                 return;
         }
         f->backoff_usec = f->backoff_usec ? f->backoff_usec * 2 : BACKOFF_MIN_USEC;
-        if (f->backoff_usec > BACKOFF_MAX_USEC)
-                f->backoff_usec = BACKOFF_MAX_USEC;
+        if (f->backoff_usec > f->ctx->config->max_backoff_usec)
+                f->backoff_usec = f->ctx->config->max_backoff_usec;
         delay = jitter(f->backoff_usec);
         if (kind == FEED_FAILURE_AUTH && delay < AUTH_BACKOFF_USEC)
                 delay = jitter(AUTH_BACKOFF_USEC);
@@ -540,7 +540,6 @@ void feed_kick(Feed *f) {
                 return;
         if (f->state == FEED_BACKOFF || f->state == FEED_WAITING || f->state == FEED_STOPPED) {
                 f->backoff_usec = 0;
-                f->not_before = 0;
                 if (f->state == FEED_STOPPED || f->need_register)
                         feed_register(f);
                 else
@@ -632,8 +631,8 @@ static void on_applied(int r, const char *error, int64_t new_events, void *userd
                         uint64_t delay = f->ctx->config->poll_interval_usec;
                         uint64_t now = now_usec(f);
 
-                        if (f->not_before > now + delay)
-                                delay = f->not_before - now;
+                        if (f->source->not_before > now + delay)
+                                delay = f->source->not_before - now;
                         feed_arm_timer(f, delay);
                 }
                 return;
@@ -744,6 +743,49 @@ static void feed_take_batch(Feed *f, const HttpResponse *resp) {
         feed_submit(f, TAKE_PTR(copy), size, b->n_events, TAKE_PTR(token), b->is_last);
 }
 
+/* Throttling is per identity, so per source: Retry-After (on any response, 200 included),
+ * X-RateLimit-Delay, and a nearly spent X-RateLimit-Remaining push back the source's next request.
+ * Returns the delay this response asks for. */
+static uint64_t feed_source_throttle(Feed *f, const HttpResponse *resp, uint64_t now) {
+        FeedSource *s = f->source;
+        uint64_t delay = 0;
+
+        if (resp->retry_after_usec >= 0)
+                delay = (uint64_t) resp->retry_after_usec;
+        if (resp->ratelimit_delay_usec > 0 && (uint64_t) resp->ratelimit_delay_usec > delay)
+                delay = (uint64_t) resp->ratelimit_delay_usec;
+        if (resp->ratelimit_remaining >= 0 && resp->ratelimit_limit > 0 &&
+            resp->ratelimit_remaining * 10 < resp->ratelimit_limit) {
+                /* Spread what is left of the window's budget until it resets. */
+                int64_t left = resp->ratelimit_reset > 0 ? resp->ratelimit_reset - (int64_t) time(NULL)
+                                                         : 60;
+                uint64_t spread;
+
+                if (left < 1)
+                        left = 1;
+                spread = (uint64_t) left * USEC_PER_SEC / (uint64_t) (resp->ratelimit_remaining + 1);
+                if (spread > 60 * USEC_PER_SEC)
+                        spread = 60 * USEC_PER_SEC;
+                if (spread > delay)
+                        delay = spread;
+        }
+        if (delay == 0) {
+                s->throttled = false;
+                return 0;
+        }
+        if (now + delay > s->not_before)
+                s->not_before = now + delay;
+        if (!s->throttled && delay >= USEC_PER_SEC) {
+                log_full(LOG_NOTICE, 0, MESSAGE_ID_THROTTLED, &f->log,
+                         "The server asks to slow down: next request to %s in %.1fs "
+                         "(Retry-After %s, X-RateLimit-Remaining %" PRIi64 ").",
+                         s->config->name, (double) delay / 1e6,
+                         resp->retry_after_usec >= 0 ? "set" : "unset", resp->ratelimit_remaining);
+                s->throttled = true;
+        }
+        return delay;
+}
+
 static void feed_handle_response(Feed *f, const HttpResponse *resp, uint64_t now,
                                  uint64_t min_delay, char *msg, size_t msg_size, char *detail,
                                  size_t detail_size);
@@ -766,16 +808,16 @@ static void feed_handle_response(Feed *f, const HttpResponse *resp, uint64_t now
                                  uint64_t min_delay, char *msg, size_t msg_size, char *detail,
                                  size_t detail_size) {
 
-        /* Retry-After counts on every response, 200 included. */
-        if (resp->retry_after_usec >= 0) {
-                f->not_before = now + (uint64_t) resp->retry_after_usec;
-                min_delay = (uint64_t) resp->retry_after_usec;
-        }
-        if (resp->ratelimit_delay_usec > 0 && now + (uint64_t) resp->ratelimit_delay_usec > f->not_before)
-                f->not_before = now + (uint64_t) resp->ratelimit_delay_usec;
+        min_delay = feed_source_throttle(f, resp, now);
 
         if (resp->code != CURLE_OK) {
-                if (resp->too_large)
+                if (resp->code == CURLE_PEER_FAILED_VERIFICATION ||
+                    resp->code == CURLE_SSL_CACERT_BADFILE || resp->code == CURLE_SSL_CERTPROBLEM)
+                        snprintf(msg, msg_size,
+                                 "TLS: the server's certificate is not trusted (%s); for a private "
+                                 "CA set ca-file",
+                                 resp->error);
+                else if (resp->too_large)
                         snprintf(msg, msg_size,
                                  "The response is larger than max-response-size (%" PRIu64
                                  " bytes); refused",
@@ -856,13 +898,13 @@ static void feed_fetch(Feed *f) {
         now = now_usec(f);
         /* While a batch is being stored the next one is fetched only if that can start now;
          * otherwise on_applied() comes back here. */
-        if (f->job && (f->not_before > now || f->source->in_flight >= c->max_parallel))
+        if (f->job && (f->source->not_before > now || f->source->in_flight >= c->max_parallel))
                 return;
-        if (f->not_before > now) {
+        if (f->source->not_before > now) {
                 /* Retry-After or a rate-limit delay is still running. */
                 if (f->state != FEED_WAITING && f->state != FEED_BACKOFF)
                         feed_set_state(f, FEED_BACKOFF);
-                feed_arm_timer(f, f->not_before - now);
+                feed_arm_timer(f, f->source->not_before - now);
                 return;
         }
         if (f->source->in_flight >= c->max_parallel) {

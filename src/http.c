@@ -42,6 +42,8 @@ struct HttpRequest {
         int64_t retry_after_usec;
         int64_t ratelimit_delay_usec;
         int64_t ratelimit_remaining;
+        int64_t ratelimit_limit;
+        int64_t ratelimit_reset;
         bool host_offline;
 };
 
@@ -192,6 +194,9 @@ static void http_client_drain(HttpClient *c) {
                 resp.retry_after_usec = r->retry_after_usec;
                 resp.ratelimit_delay_usec = r->ratelimit_delay_usec;
                 resp.ratelimit_remaining = r->ratelimit_remaining;
+                resp.ratelimit_limit = r->ratelimit_limit;
+                resp.ratelimit_reset = r->ratelimit_reset;
+                resp.too_large = resp.too_large || resp.code == CURLE_FILESIZE_EXCEEDED;
                 resp.host_offline = r->host_offline;
                 c->bytes += r->size;
                 /* The callback may free the request, so it is the last thing that touches it. */
@@ -247,6 +252,30 @@ static void set_copy(char **dst, const char *v, size_t len) {
         *dst = strndup(v, len > 512 ? 512 : len);
 }
 
+/* A non-negative decimal header value, or -1. */
+static double header_number(const char *v, size_t len) {
+        char buf[64], *end;
+        double d;
+
+        if (len == 0 || len >= sizeof(buf))
+                return -1;
+        memcpy(buf, v, len);
+        buf[len] = 0;
+        d = strtod(buf, &end);
+        if (end == buf || *end || !(d >= 0) || d > 1e15)
+                return -1;
+        return d;
+}
+
+static void http_request_reset_headers(HttpRequest *r) {
+        r->content_type = mfree(r->content_type);
+        r->activity_id = mfree(r->activity_id);
+        r->location = mfree(r->location);
+        r->retry_after_usec = r->ratelimit_delay_usec = -1;
+        r->ratelimit_remaining = r->ratelimit_limit = r->ratelimit_reset = -1;
+        r->host_offline = false;
+}
+
 static size_t header_cb(char *line, size_t size _unused_, size_t n, void *userdata) {
         HttpRequest *r = userdata;
         const char *v;
@@ -254,11 +283,7 @@ static size_t header_cb(char *line, size_t size _unused_, size_t n, void *userda
 
         if (n >= 5 && strncmp(line, "HTTP/", 5) == 0) {
                 /* A new response (after 100 Continue, say): forget the previous headers. */
-                r->content_type = mfree(r->content_type);
-                r->activity_id = mfree(r->activity_id);
-                r->location = mfree(r->location);
-                r->retry_after_usec = r->ratelimit_delay_usec = r->ratelimit_remaining = -1;
-                r->host_offline = false;
+                http_request_reset_headers(r);
                 return n;
         }
         if (header_is(line, n, "Content-Type", &v, &len))
@@ -268,37 +293,33 @@ static size_t header_cb(char *line, size_t size _unused_, size_t n, void *userda
         else if (header_is(line, n, "Location", &v, &len))
                 set_copy(&r->location, v, len);
         else if (header_is(line, n, "Retry-After", &v, &len)) {
-                _cleanup_free_ char *s = strndup(v, len > 64 ? 64 : len);
-                char *end;
-                double secs;
+                /* Seconds, or an HTTP date. */
+                double secs = header_number(v, len);
 
-                if (s) {
-                        secs = strtod(s, &end);
-                        if (end != s && *end == 0 && secs >= 0 && secs < 86400.0 * 7)
-                                r->retry_after_usec = (int64_t) (secs * 1e6);
-                        else {
-                                time_t t = curl_getdate(s, NULL);
-                                time_t now = time(NULL);
-                                if (t > 0)
-                                        r->retry_after_usec =
-                                                t > now ? (int64_t) (t - now) * 1000000 : 0;
-                        }
+                if (secs >= 0)
+                        r->retry_after_usec = (int64_t) ((secs < 86400.0 ? secs : 86400.0) * 1e6);
+                else if (len < 64) {
+                        char date[64];
+                        time_t t, now = time(NULL);
+
+                        memcpy(date, v, len);
+                        date[len] = 0;
+                        t = curl_getdate(date, NULL);
+                        if (t > 0)
+                                r->retry_after_usec = t > now ? (int64_t) (t - now) * 1000000 : 0;
                 }
         } else if (header_is(line, n, "X-RateLimit-Delay", &v, &len)) {
-                _cleanup_free_ char *s = strndup(v, len > 64 ? 64 : len);
-                char *end;
-                double secs = s ? strtod(s, &end) : -1;
+                double secs = header_number(v, len);
 
-                if (s && end != s && secs >= 0 && secs < 3600)
+                if (secs >= 0 && secs < 3600)
                         r->ratelimit_delay_usec = (int64_t) (secs * 1e6);
-        } else if (header_is(line, n, "X-RateLimit-Remaining", &v, &len)) {
-                _cleanup_free_ char *s = strndup(v, len > 64 ? 64 : len);
-                char *end;
-                long long rem = s ? strtoll(s, &end, 10) : -1;
-
-                if (s && end != s && rem >= 0)
-                        r->ratelimit_remaining = rem;
-        } else if (header_is(line, n, "X-VSS-HostOfflineError", &v, &len))
+        } else if (header_is(line, n, "X-RateLimit-Remaining", &v, &len))
+                r->ratelimit_remaining = (int64_t) header_number(v, len);
+        else if (header_is(line, n, "X-RateLimit-Limit", &v, &len))
+                r->ratelimit_limit = (int64_t) header_number(v, len);
+        else if (header_is(line, n, "X-RateLimit-Reset", &v, &len))
+                r->ratelimit_reset = (int64_t) header_number(v, len);
+        else if (header_is(line, n, "X-VSS-HostOfflineError", &v, &len))
                 r->host_offline = true;
         return n;
 }
@@ -333,7 +354,7 @@ int http_request_start(HttpClient *c, const HttpRequestOptions *o, HttpDoneFunc 
         r->done = done;
         r->userdata = userdata;
         r->max_size = o->max_size;
-        r->retry_after_usec = r->ratelimit_delay_usec = r->ratelimit_remaining = -1;
+        http_request_reset_headers(r);
         r->easy = curl_easy_init();
         if (!r->easy)
                 return -ENOMEM;

@@ -397,8 +397,10 @@ static int on_hup(sd_event_source *s _unused_, const struct signalfd_siginfo *si
                 manager_send_status(m);
                 return 0;
         }
-        if (strcmp(c->database, m->config->database) != 0)
-                log_notice("The database setting changed; it takes effect at the next start.");
+        if (strcmp(c->database, m->config->database) != 0 ||
+            c->synchronous_commit != m->config->synchronous_commit ||
+            c->statement_timeout_usec != m->config->statement_timeout_usec)
+                log_notice("A database setting changed; it takes effect at the next start.");
         log_set_max_level(c->log_level);
         r = manager_apply_config(m, c);
         if (r < 0) {
@@ -460,7 +462,11 @@ int manager_new(Config *config, bool once, Manager **ret) {
         r = http_client_new(m->event, &m->http);
         if (r < 0)
                 return r;
-        r = store_new(m->event, config->database, on_store_state, m, &m->store);
+        r = store_new(m->event,
+                      &(StoreOptions){ .conninfo = config->database,
+                                       .synchronous_commit = config->synchronous_commit,
+                                       .statement_timeout_usec = config->statement_timeout_usec },
+                      on_store_state, m, &m->store);
         if (r < 0)
                 return r;
 

@@ -79,6 +79,8 @@ struct StoreJob {
 struct Store {
         sd_event *event;
         char *conninfo;
+        bool synchronous_commit;
+        uint64_t statement_timeout_usec;
         PGconn *conn;
         int fd;
         sd_event_source *io;
@@ -109,14 +111,13 @@ static const char stage_columns[] =
         "changed_by_id, changed_by, changed_by_display_name, comment, source_project_id, "
         "target_project_id";
 
-static const char setup_sql[] =
+static const char stage_table_sql[] =
         "CREATE TEMP TABLE IF NOT EXISTS witlink_stage ("
         " seq integer NOT NULL, rel text NOT NULL, link_type text, source_id integer NOT NULL,"
         " target_id integer NOT NULL, changed_date timestamptz NOT NULL, op text NOT NULL,"
         " is_active_reported boolean, changed_by_id text, changed_by text,"
         " changed_by_display_name text, comment text, source_project_id uuid,"
-        " target_project_id uuid) ON COMMIT DELETE ROWS;"
-        "SET TIME ZONE 'UTC';";
+        " target_project_id uuid) ON COMMIT DELETE ROWS;";
 
 static const char migrate_check_sql[] =
         "BEGIN;"
@@ -656,7 +657,21 @@ static int job_send(Store *s, StoreJob *j) {
                 ok = PQsendQuery(s->conn, sql);
                 break;
         case JOB_SETUP:
-                ok = PQsendQuery(s->conn, setup_sql);
+                /* The session: a staging table, every statement bounded, and (by default) commits
+                 * that do not wait for the WAL flush: a commit lost in a crash of PostgreSQL
+                 * takes the batch's rows and its token together, and the batch is fetched
+                 * again. */
+                if (asprintf(&sql,
+                             "%s"
+                             "SET TIME ZONE 'UTC';"
+                             "SET statement_timeout = '%" PRIu64 "ms';"
+                             "SET idle_in_transaction_session_timeout = '%" PRIu64 "ms';"
+                             "SET synchronous_commit = %s;",
+                             stage_table_sql, s->statement_timeout_usec / USEC_PER_MSEC,
+                             s->statement_timeout_usec / USEC_PER_MSEC,
+                             s->synchronous_commit ? "on" : "off") < 0)
+                        return -ENOMEM;
+                ok = PQsendQuery(s->conn, sql);
                 break;
         case JOB_ROLLBACK:
                 ok = PQsendQuery(s->conn, "ROLLBACK");
@@ -910,7 +925,7 @@ static void store_set_state(Store *s, StoreState state, const char *error) {
 
 /* ---- object ----------------------------------------------------------------------------- */
 
-int store_new(sd_event *event, const char *conninfo, StoreStateFunc on_state, void *userdata,
+int store_new(sd_event *event, const StoreOptions *o, StoreStateFunc on_state, void *userdata,
               Store **ret) {
         _cleanup_(store_freep) Store *s = NULL;
         int r;
@@ -920,9 +935,11 @@ int store_new(sd_event *event, const char *conninfo, StoreStateFunc on_state, vo
                 return -ENOMEM;
         s->fd = -1;
         s->event = sd_event_ref(event);
-        s->conninfo = strdup(conninfo ?: "");
+        s->conninfo = strdup(o->conninfo ?: "");
         if (!s->conninfo)
                 return -ENOMEM;
+        s->synchronous_commit = o->synchronous_commit;
+        s->statement_timeout_usec = o->statement_timeout_usec;
         s->on_state = on_state;
         s->userdata = userdata;
         s->state = STORE_DISCONNECTED;

@@ -124,6 +124,9 @@ static const char full_config[] =
         "poll-interval = 90s\n"
         "http-timeout = 1h 30min\n"
         "max-response-size = 8M\n"
+        "max-backoff = 30min\n"
+        "statement-timeout = 45s\n"
+        "synchronous-commit = on\n"
         "log-level = debug\n"
         "\n"
         "[source fabrikam]\n"
@@ -170,6 +173,9 @@ static void test_full(void) {
         ASSERT_EQ_U64(c->poll_interval_usec, 90 * USEC_PER_SEC);
         ASSERT_EQ_U64(c->http_timeout_usec, 5400 * USEC_PER_SEC);
         ASSERT_EQ_U64(c->max_response_size, 8ULL << 20);
+        ASSERT_EQ_U64(c->max_backoff_usec, 1800 * USEC_PER_SEC);
+        ASSERT_EQ_U64(c->statement_timeout_usec, 45 * USEC_PER_SEC);
+        ASSERT_TRUE(c->synchronous_commit);
         ASSERT_EQ_INT(c->log_level, LOG_DEBUG);
         ASSERT_EQ_INT(c->n_sources, 2);
 
@@ -193,7 +199,7 @@ static void test_full(void) {
         ASSERT_STREQ(s->start_date, "2024-01-01T00:00:00Z");
         ASSERT_STREQ(s->ca_file, "/etc/ssl/certs/onprem.pem");
         ASSERT_EQ_INT(s->max_parallel, 4);
-        ASSERT_EQ_INT(s->line, 10);
+        ASSERT_EQ_INT(s->line, 13);
 
         s = c->sources[1];
         ASSERT_STREQ(s->name, "onprem");
@@ -201,7 +207,7 @@ static void test_full(void) {
         ASSERT_NULL(s->token_file);
         ASSERT_STREQ(s->credential, "onprem.pat");
         ASSERT_STREQ(s->token, CRED_TOKEN); /* trailing newline trimmed */
-        ASSERT_EQ_INT(s->line, 22);
+        ASSERT_EQ_INT(s->line, 25);
 
         /* --check-config output: settings shown, secrets not. */
         out = dump(c);
@@ -239,6 +245,9 @@ static void test_defaults(void) {
                            tok_path));
         ASSERT_STREQ(c->database, "");
         ASSERT_EQ_U64(c->poll_interval_usec, 5 * 60 * USEC_PER_SEC);
+        ASSERT_EQ_U64(c->max_backoff_usec, 10 * 60 * USEC_PER_SEC);
+        ASSERT_EQ_U64(c->statement_timeout_usec, 2 * 60 * USEC_PER_SEC);
+        ASSERT_FALSE(c->synchronous_commit);
         ASSERT_EQ_U64(c->http_timeout_usec, 60 * USEC_PER_SEC);
         ASSERT_EQ_U64(c->max_response_size, 64ULL << 20);
         ASSERT_EQ_INT(c->log_level, LOG_INFO);
