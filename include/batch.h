@@ -2,14 +2,13 @@
 /* One batch of the link feed: JSON parsing and validation of both record shapes. */
 #pragma once
 
-#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "macro.h"
 
-/* A string inside the parsed JSON document; p == NULL when absent or null. May hold U+0000. */
+/* A string decoded from the JSON document; p == NULL when absent or null. May hold U+0000. */
 typedef struct BatchString {
         const char *p;
         size_t len;
@@ -38,7 +37,7 @@ typedef struct LinkEvent {
 } LinkEvent;
 
 typedef struct Batch {
-        json_t *root; /* owns every BatchString */
+        char *arena; /* owns every BatchString: the decoded strings of the body */
         LinkEvent *events;
         size_t n_events;
         char *token; /* continuationToken, or the one in nextLink; NULL when neither */

@@ -3,6 +3,7 @@
  * machine, request scheduling, backoff and the hand-over of each batch to the store. */
 #include <errno.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -233,74 +233,125 @@ static void job_complete(StoreJob *j, int r) {
 
 /* ---- COPY text ---------------------------------------------------------------------------- */
 
-static void copy_field(FILE *f, const BatchString *v) {
-        if (!v->p) {
-                fputs("\\N", f);
-                return;
-        }
-        for (size_t i = 0; i < v->len; i++) {
-                char c = v->p[i];
+typedef struct CopyBuffer {
+        char *data;
+        size_t size, allocated;
+        bool failed;
+} CopyBuffer;
 
-                switch (c) {
-                case '\\':
-                        fputs("\\\\", f);
-                        break;
-                case '\t':
-                        fputs("\\t", f);
-                        break;
-                case '\n':
-                        fputs("\\n", f);
-                        break;
-                case '\r':
-                        fputs("\\r", f);
-                        break;
-                case '\0':
-                        /* PostgreSQL text cannot hold U+0000: store U+FFFD instead. */
-                        fputs("\xEF\xBF\xBD", f);
-                        break;
-                default:
-                        fputc(c, f);
+static char *copy_reserve(CopyBuffer *b, size_t n) {
+        if (b->failed)
+                return NULL;
+        if (b->size + n > b->allocated) {
+                size_t a = b->allocated ? b->allocated : 64 * 1024;
+                char *d;
+
+                while (a < b->size + n)
+                        a *= 2;
+                d = realloc(b->data, a);
+                if (!d) {
+                        b->failed = true;
+                        return NULL;
                 }
+                b->data = d;
+                b->allocated = a;
+        }
+        return b->data + b->size;
+}
+
+static void copy_raw(CopyBuffer *b, const char *s, size_t n) {
+        char *o = copy_reserve(b, n);
+
+        if (o) {
+                memcpy(o, s, n);
+                b->size += n;
         }
 }
 
-int store_format_copy(const Batch *b, char **ret, size_t *ret_size) {
-        char *out = NULL;
-        size_t size = 0;
-        FILE *f = open_memstream(&out, &size);
+/* One column: NULL as \N, the text escaped; PostgreSQL text cannot hold U+0000, so it becomes
+ * U+FFFD. Runs without special characters are copied in one go. */
+static void copy_field(CopyBuffer *b, const BatchString *v, char sep) {
+        const char *p, *end;
+        char *o;
 
-        if (!f)
-                return -ENOMEM;
+        if (!v->p) {
+                copy_raw(b, sep ? "\\N\t" : "\\N\n", 3);
+                return;
+        }
+        o = copy_reserve(b, v->len * 3 + 1);
+        if (!o)
+                return;
+        for (p = v->p, end = v->p + v->len; p < end;) {
+                const char *q = p;
+
+                while (q < end && *q != '\\' && *q != '\t' && *q != '\n' && *q != '\r' && *q)
+                        q++;
+                memcpy(o, p, (size_t) (q - p));
+                o += q - p;
+                if (q == end)
+                        break;
+                switch (*q) {
+                case '\\':
+                        *o++ = '\\';
+                        *o++ = '\\';
+                        break;
+                case '\t':
+                        *o++ = '\\';
+                        *o++ = 't';
+                        break;
+                case '\n':
+                        *o++ = '\\';
+                        *o++ = 'n';
+                        break;
+                case '\r':
+                        *o++ = '\\';
+                        *o++ = 'r';
+                        break;
+                default: /* U+0000 */
+                        memcpy(o, "\xEF\xBF\xBD", 3);
+                        o += 3;
+                }
+                p = q + 1;
+        }
+        *o++ = sep ? '\t' : '\n';
+        b->size = (size_t) (o - b->data);
+}
+
+int store_format_copy(const Batch *b, char **ret, size_t *ret_size) {
+        CopyBuffer c = {};
+
         for (size_t i = 0; i < b->n_events; i++) {
                 const LinkEvent *e = &b->events[i];
+                char num[96];
+                int n;
 
-                fprintf(f, "%zu\t", i);
-                copy_field(f, &e->rel);
-                fputc('\t', f);
-                copy_field(f, &e->link_type);
-                fprintf(f, "\t%" PRIi32 "\t%" PRIi32 "\t", e->source_id, e->target_id);
-                copy_field(f, &e->changed_date);
-                fprintf(f, "\t%s\t%s\t", link_operation_to_string(e->operation),
-                        e->is_active_reported < 0 ? "\\N" : e->is_active_reported ? "t" : "f");
-                copy_field(f, &e->changed_by_id);
-                fputc('\t', f);
-                copy_field(f, &e->changed_by);
-                fputc('\t', f);
-                copy_field(f, &e->changed_by_display_name);
-                fputc('\t', f);
-                copy_field(f, &e->comment);
-                fputc('\t', f);
-                copy_field(f, &e->source_project_id);
-                fputc('\t', f);
-                copy_field(f, &e->target_project_id);
-                fputc('\n', f);
+                n = snprintf(num, sizeof(num), "%zu\t", i);
+                copy_raw(&c, num, (size_t) n);
+                copy_field(&c, &e->rel, '\t');
+                copy_field(&c, &e->link_type, '\t');
+                n = snprintf(num, sizeof(num), "%" PRIi32 "\t%" PRIi32 "\t", e->source_id,
+                             e->target_id);
+                copy_raw(&c, num, (size_t) n);
+                copy_field(&c, &e->changed_date, '\t');
+                n = snprintf(num, sizeof(num), "%s\t%s\t", link_operation_to_string(e->operation),
+                             e->is_active_reported < 0 ? "\\N"
+                             : e->is_active_reported ? "t"
+                                                     : "f");
+                copy_raw(&c, num, (size_t) n);
+                copy_field(&c, &e->changed_by_id, '\t');
+                copy_field(&c, &e->changed_by, '\t');
+                copy_field(&c, &e->changed_by_display_name, '\t');
+                copy_field(&c, &e->comment, '\t');
+                copy_field(&c, &e->source_project_id, '\t');
+                copy_field(&c, &e->target_project_id, 0);
         }
-        if (fclose(f) != 0) {
-                free(out);
+        if (c.failed || !copy_reserve(&c, 1)) {
+                free(c.data);
                 return -ENOMEM;
         }
-        *ret = out;
-        *ret_size = size;
+        c.data[c.size] = 0;
+        *ret = c.data;
+        *ret_size = c.size;
         return 0;
 }
 
