@@ -482,7 +482,7 @@ static int parse_filter(const char *value, void *dst, char **ret_reason) {
 #define SOURCE(name, parser, field) CONFIG_SECTION_SOURCE, name, parser, offsetof(SourceConfig, field)
 
 static const ConfigKey keys[] = {
-        { DAEMON("database", parse_string, database), "", true,
+        { DAEMON("database", parse_string, database), "", false,
           "libpq connection string; empty: libpq defaults and PG* environment variables" },
         { DAEMON("poll-interval", parse_timespan, poll_interval_usec), "5min", true,
           "pause after a batch with isLastBatch=true (the target latency)" },
