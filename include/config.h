@@ -71,6 +71,12 @@ const char *config_section_to_string(ConfigSection s);
 /* Parses and validates FILE and loads the credentials. On failure returns a negative errno and,
  * in ret_error, "FILE:LINE: key: reason" (never containing a secret). */
 int config_load(const char *path, Config **ret, char **ret_error);
+
+typedef enum ConfigLoadFlags {
+        CONFIG_LOAD_NO_CREDENTIALS = 1 << 0, /* --status: the tokens are not needed */
+} ConfigLoadFlags;
+
+int config_load_flags(const char *path, ConfigLoadFlags flags, Config **ret, char **ret_error);
 Config *config_free(Config *c);
 DEFINE_CLEANUP_FUNC(Config, config_free);
 

@@ -34,6 +34,7 @@ typedef enum FeedFailure {
         FEED_FAILURE_NONE,
         FEED_FAILURE_TRANSIENT, /* network, 5xx, 429, bad body: retried with backoff */
         FEED_FAILURE_AUTH,      /* credential rejected: long backoff */
+        FEED_FAILURE_TLS,       /* the server's certificate is not trusted: long backoff */
         FEED_FAILURE_DATABASE,  /* the warehouse refused or went away */
         FEED_FAILURE_FATAL,     /* stopped until an operator acts */
         _FEED_FAILURE_MAX,

@@ -84,7 +84,7 @@ int store_apply_copy(Store *s, int64_t feed_id, char *copy_data, size_t copy_siz
                      size_t n_events, const char *token, bool caught_up, StoreApplyFunc done,
                      void *userdata, StoreJob **ret);
 
-/* Records a feed's last error (NULL clears it); nobody waits for it. */
+/* Records a feed's last error (NULL clears it) if this session owns the feed; nobody waits. */
 int store_record_error(Store *s, int64_t feed_id, const char *message);
 
 /* The job's callback will not run; the store forgets it when it is safe to. */

@@ -699,6 +699,10 @@ static bool valid_source_name(const char *s) {
         } while (0)
 
 int config_load(const char *path, Config **ret, char **ret_error) {
+        return config_load_flags(path, 0, ret, ret_error);
+}
+
+int config_load_flags(const char *path, ConfigLoadFlags flags, Config **ret, char **ret_error) {
         _cleanup_(config_freep) Config *c = NULL;
         _cleanup_(fclosep) FILE *f = NULL;
         char line[LINE_MAX_LEN + 2];
@@ -822,6 +826,8 @@ int config_load(const char *path, Config **ret, char **ret_error) {
 
                 if (!s->url)
                         FAIL(-EINVAL, s->line, "[source %s]: key 'url' is required", s->name);
+                if (flags & CONFIG_LOAD_NO_CREDENTIALS)
+                        continue;
                 r = source_load_token(s, &why);
                 if (r == -ENOMEM)
                         return r;

@@ -19,7 +19,9 @@
 #define AUTH_BACKOFF_USEC (5 * 60 * USEC_PER_SEC)
 #define NOT_FOUND_BACKOFF_USEC (5 * 60 * USEC_PER_SEC)
 #define HOST_OFFLINE_BACKOFF_USEC (10 * 60 * USEC_PER_SEC)
+/* --once gives a feed up after this many consecutive failures spread over at least this long. */
 #define ONCE_MAX_FAILURES 8
+#define ONCE_MIN_FAILING_USEC (60 * USEC_PER_SEC)
 
 struct FeedSource {
         const SourceConfig *config;
@@ -71,6 +73,7 @@ struct Feed {
         sd_event_source *timer;
         uint64_t backoff_usec;
         unsigned failures;   /* consecutive */
+        uint64_t failing_since;
         unsigned requests;
         uint64_t events_applied;
         char *last_error;
@@ -87,7 +90,8 @@ static const char *const state_names[_FEED_STATE_MAX] = {
 
 static const char *const failure_names[_FEED_FAILURE_MAX] = {
         [FEED_FAILURE_NONE] = "none",         [FEED_FAILURE_TRANSIENT] = "transient",
-        [FEED_FAILURE_AUTH] = "authentication", [FEED_FAILURE_DATABASE] = "database",
+        [FEED_FAILURE_AUTH] = "authentication", [FEED_FAILURE_TLS] = "tls",
+        [FEED_FAILURE_DATABASE] = "database",
         [FEED_FAILURE_FATAL] = "fatal",
 };
 
@@ -353,6 +357,13 @@ static void feed_arm_timer(Feed *f, uint64_t delay) {
         (void) sd_event_source_set_enabled(f->timer, SD_EVENT_ONESHOT);
 }
 
+/* Between 80 % and 100 %: retries of a standby never come later than the interval. */
+static uint64_t jitter_down(uint64_t usec) {
+        uint64_t span = usec / 5;
+
+        return usec - (span ? (uint64_t) random() % (span + 1) : 0);
+}
+
 static uint64_t jitter(uint64_t usec) {
         /* ±20 %, so that feeds and instances that failed together do not retry together. */
         uint64_t span = usec / 5;
@@ -376,11 +387,12 @@ static void feed_fail(Feed *f, FeedFailure kind, uint64_t min_delay, const char 
                 return;
         }
 
-        f->failures++;
+        if (f->failures++ == 0)
+                f->failing_since = now_usec(f);
         f->failure = kind;
         free(f->last_error);
         f->last_error = strdup(message);
-        if (f->id > 0)
+        if (f->id > 0 && f->owned)
                 (void) store_record_error(f->ctx->store, f->id, message);
 
         if (kind == FEED_FAILURE_FATAL) {
@@ -393,7 +405,8 @@ static void feed_fail(Feed *f, FeedFailure kind, uint64_t min_delay, const char 
         if (f->backoff_usec > f->ctx->config->max_backoff_usec)
                 f->backoff_usec = f->ctx->config->max_backoff_usec;
         delay = jitter(f->backoff_usec);
-        if (kind == FEED_FAILURE_AUTH && delay < AUTH_BACKOFF_USEC)
+        /* Retrying soon cannot help a rejected credential or an untrusted certificate. */
+        if ((kind == FEED_FAILURE_AUTH || kind == FEED_FAILURE_TLS) && delay < AUTH_BACKOFF_USEC)
                 delay = jitter(AUTH_BACKOFF_USEC);
         if (delay < min_delay)
                 delay = min_delay;
@@ -408,9 +421,12 @@ static void feed_fail(Feed *f, FeedFailure kind, uint64_t min_delay, const char 
                          "%s; attempt %u failed, trying again in %.1fs.", message, f->failures,
                          (double) delay / 1e6);
         feed_set_state(f, FEED_BACKOFF);
-        if (f->ctx->once && kind != FEED_FAILURE_AUTH && f->failures >= ONCE_MAX_FAILURES) {
+        if (f->ctx->once && kind != FEED_FAILURE_AUTH && kind != FEED_FAILURE_TLS &&
+            f->failures >= ONCE_MAX_FAILURES &&
+            now_usec(f) - f->failing_since >= ONCE_MIN_FAILING_USEC) {
                 log_full(LOG_ERR, 0, MESSAGE_ID_FEED_STOPPED, &f->log,
-                         "Giving up after %u attempts (--once).", f->failures);
+                         "Giving up after %u attempts in %.0fs (--once).", f->failures,
+                         (double) (now_usec(f) - f->failing_since) / 1e6);
                 f->failure = FEED_FAILURE_FATAL;
                 feed_set_state(f, FEED_STOPPED);
                 return;
@@ -437,6 +453,8 @@ static void on_registered(int r, const char *error, const FeedClaim *claim, void
         if (f->stopping)
                 return;
         if (r < 0) {
+                if (r == -ECONNRESET)
+                        f->owned = false;
                 snprintf(msg, sizeof(msg), "Failed to register the feed in the warehouse: %s",
                          error ?: strerror(-r));
                 f->need_register = true;
@@ -455,7 +473,7 @@ static void on_registered(int r, const char *error, const FeedClaim *claim, void
                                  claim->owner_host ?: "?", claim->owner_pid);
                 f->standby_logged = true;
                 feed_set_state(f, FEED_STANDBY);
-                feed_arm_timer(f, jitter(f->ctx->config->poll_interval_usec));
+                feed_arm_timer(f, jitter_down(f->ctx->config->poll_interval_usec));
                 return;
         }
         if (f->standby_logged)
@@ -570,7 +588,10 @@ static void on_applied(int r, const char *error, int64_t new_events, void *userd
 
         f->job = NULL;
         if (r < 0) {
-                /* The commit's outcome is unknown, or it failed: read the position again. */
+                /* The commit's outcome is unknown, or it failed: read the position again. A lost
+                 * session took the feed's lock with it. */
+                if (r == -ECONNRESET)
+                        f->owned = false;
                 f->need_register = true;
                 f->pending_token = mfree(f->pending_token);
                 if (f->stopping)
@@ -813,12 +834,17 @@ static void feed_handle_response(Feed *f, const HttpResponse *resp, uint64_t now
 
         if (resp->code != CURLE_OK) {
                 if (resp->code == CURLE_PEER_FAILED_VERIFICATION ||
-                    resp->code == CURLE_SSL_CACERT_BADFILE || resp->code == CURLE_SSL_CERTPROBLEM)
+                    resp->code == CURLE_SSL_CACERT_BADFILE || resp->code == CURLE_SSL_CERTPROBLEM) {
                         snprintf(msg, msg_size,
                                  "TLS: the server's certificate is not trusted (%s); for a private "
                                  "CA set ca-file",
                                  resp->error);
-                else if (resp->too_large)
+                        f->request = http_request_free(f->request);
+                        feed_release_slot(f);
+                        feed_fail(f, FEED_FAILURE_TLS, min_delay, msg);
+                        return;
+                }
+                if (resp->too_large)
                         snprintf(msg, msg_size,
                                  "The response is larger than max-response-size (%" PRIu64
                                  " bytes); refused",

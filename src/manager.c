@@ -178,8 +178,11 @@ static void on_feed_change(Feed *f, void *userdata) {
         manager_status_changed(m);
         if (!m->once)
                 return;
-        if (feed_get_failure(f) == FEED_FAILURE_AUTH) {
-                log_error("Authentication rejected (--once): giving up.");
+        if (feed_get_failure(f) == FEED_FAILURE_AUTH || feed_get_failure(f) == FEED_FAILURE_TLS) {
+                log_error("%s (--once): giving up.",
+                          feed_get_failure(f) == FEED_FAILURE_AUTH
+                                  ? "Authentication rejected"
+                                  : "The server's TLS certificate is not trusted");
                 manager_stop(m, EX_UNAVAILABLE);
                 return;
         }

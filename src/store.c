@@ -137,7 +137,7 @@ static const char release_sql[] = "SELECT witlink.release_feed($1)";
 static const char record_error_sql[] =
         "UPDATE witlink.feed SET last_error = $2::text, "
         "last_error_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END "
-        "WHERE feed_id = $1::bigint";
+        "WHERE feed_id = $1::bigint AND witlink.feed_lock_held($1::bigint, pg_backend_pid())";
 
 static void store_set_state(Store *s, StoreState state, const char *error);
 static void store_pump(Store *s);
@@ -497,9 +497,23 @@ static void store_lost(Store *s, const char *why) {
                         msg[--n] = 0;
         }
         store_drop_connection(s);
-        /* Internal jobs belong to the session; they are redone after reconnecting. */
+        /* Internal jobs belong to the session; they are redone after reconnecting. So do
+         * statements about feeds this session owned: the next session owns nothing yet. */
         while (s->queue_head && s->queue_head->kind >= JOB_MIGRATE_CHECK)
                 job_free(store_dequeue(s));
+        for (StoreJob **p = &s->queue_head; *p;) {
+                StoreJob *q = *p;
+
+                if (q->kind == JOB_RECORD_ERROR || q->kind == JOB_RELEASE) {
+                        *p = q->next;
+                        job_free(q);
+                        continue;
+                }
+                p = &q->next;
+        }
+        s->queue_tail = s->queue_head;
+        while (s->queue_tail && s->queue_tail->next)
+                s->queue_tail = s->queue_tail->next;
         if (j) {
                 if (j->kind >= JOB_MIGRATE_CHECK)
                         job_free(j);

@@ -152,7 +152,9 @@ $fn$;
 
 -- Applies the batch staged in pg_temp.witlink_stage (filled by COPY in the same transaction):
 -- new events are appended once, the current state follows them in feed order without ever
--- going back to an older changed_date, and the feed's token and counters move with them.
+-- going back to an older changed_date (within a batch too: the state a batch leaves is its
+-- event with the greatest (changed_date, event_id)), and the feed's token and counters move
+-- with them.
 CREATE FUNCTION witlink.apply_batch(p_feed bigint, p_token text, p_caught_up boolean,
                                     p_received integer)
 RETURNS integer
@@ -188,7 +190,7 @@ BEGIN
         SELECT DISTINCT ON (link_type_reference_name, source_work_item_id, target_work_item_id) *
           FROM ins
          ORDER BY link_type_reference_name, source_work_item_id, target_work_item_id,
-                  event_id DESC
+                  changed_date DESC, event_id DESC
     ), last_create AS (
         SELECT DISTINCT ON (link_type_reference_name, source_work_item_id, target_work_item_id)
                link_type_reference_name, source_work_item_id, target_work_item_id,
@@ -196,7 +198,7 @@ BEGIN
           FROM ins
          WHERE changed_operation = 'create'
          ORDER BY link_type_reference_name, source_work_item_id, target_work_item_id,
-                  event_id DESC
+                  changed_date DESC, event_id DESC
     ), upsert AS (
         INSERT INTO witlink.work_item_link AS w
             (organization, link_type_reference_name, source_work_item_id, target_work_item_id,
