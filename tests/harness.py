@@ -7,8 +7,11 @@ Each test is a standalone script: exit 0 pass, 1 fail, 77 skip (see run_test()).
 """
 
 import contextlib
+import glob
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -17,6 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
+import ssl
 import urllib.error
 import urllib.request
 
@@ -84,6 +88,29 @@ def _is_root():
 
 
 KEEP = bool(os.environ.get("WITLINK_TEST_KEEP"))    # keep temporary directories for debugging
+
+# WITLINKD_WRAPPER runs the daemon under a tool, e.g. "valgrind --error-exitcode=99
+# --leak-check=full --errors-for-leak-kinds=definite" (valgrind gets --log-file in the daemon's
+# directory, and run_test() fails the test when a log reports an error or a definite leak).
+WRAPPER = shlex.split(os.environ.get("WITLINKD_WRAPPER", ""))
+# Every timeout of the harness is multiplied by this (default 6 under a wrapper, else 1) ...
+TIME_FACTOR = float(os.environ.get("WITLINK_TEST_TIME_FACTOR") or (6 if WRAPPER else 1))
+# ... and the tests that call scaled() shrink their data sets by this (e.g. 0.1 under valgrind).
+SCALE = float(os.environ.get("WITLINK_TEST_SCALE") or 1)
+
+
+def scaled(n, minimum=1):
+    """n events (or batches, ...) times WITLINK_TEST_SCALE, at least minimum."""
+    return max(int(minimum), int(round(n * SCALE)))
+
+
+def slow(seconds):
+    """A timeout scaled by WITLINK_TEST_TIME_FACTOR."""
+    return seconds * TIME_FACTOR
+
+
+def under_valgrind():
+    return bool(WRAPPER) and os.path.basename(WRAPPER[0]).startswith("valgrind")
 
 
 def _die_with_parent():
@@ -275,8 +302,17 @@ class Simulator:
 
     def __init__(self, seed=1, events=10000, org="fabrikam",
                  projects=("Fabrikam-Fiber", "Contoso Web", "Ωmega.Proj"), batch_size=1000,
-                 auth="pat:sim-secret-PAT-0123456789", extra_args=(), startup_timeout=120):
+                 auth="pat:sim-secret-PAT-0123456789", extra_args=(), startup_timeout=120,
+                 trap=False, tls=False, tls_san="IP:127.0.0.1,DNS:localhost"):
+        """trap: also listen on 127.0.0.2 and record every request there (trap_requests());
+        tls: serve HTTPS with a self-signed certificate made with openssl (cert_path)."""
         self.seed, self.n_events, self.org = seed, events, org
+        self.trap = trap
+        self.tls = tls
+        self.tls_san = tls_san
+        self.trap_port = None
+        self.cert_path = None
+        self._ssl_ctx = None
         self.projects = list(projects)
         self.batch_size = batch_size
         self.auth = auth
@@ -302,14 +338,27 @@ class Simulator:
                "--port-file", port_file, "--seed", str(self.seed), "--events", str(self.n_events),
                "--org", self.org, "--projects", ",".join(self.projects),
                "--batch-size", str(self.batch_size), "--auth", self.auth] + self.extra_args
+        trap_file = os.path.join(self.dir, "trap-port")
+        if self.trap:
+            cmd += ["--trap-listen", "127.0.0.2", "--trap-port-file", trap_file]
+        if self.tls:
+            self.cert_path = os.path.join(self.dir, "cert.pem")
+            key = os.path.join(self.dir, "key.pem")
+            make_self_signed_cert(self.cert_path, key, san=self.tls_san)
+            cmd += ["--tls-cert", self.cert_path, "--tls-key", key]
+            self._ssl_ctx = ssl.create_default_context(cafile=self.cert_path)
+            self._ssl_ctx.check_hostname = False      # the control calls trust the file, any name
         self._err = open(self.stderr_path, "w")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._err, stderr=self._err,
                                      preexec_fn=_die_with_parent)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            if os.path.exists(port_file):
+            if os.path.exists(port_file) and (not self.trap or os.path.exists(trap_file)):
                 with open(port_file) as f:
                     self.port = int(f.read().strip())
+                if self.trap:
+                    with open(trap_file) as f:
+                        self.trap_port = int(f.read().strip())
                 break
             if self.proc.poll() is not None:
                 raise RuntimeError("simulator exited (%s): %s" % (self.proc.returncode, self.stderr_tail()))
@@ -352,7 +401,11 @@ class Simulator:
     # -- URLs -----------------------------------------------------------------------------
     @property
     def root_url(self):
-        return "http://127.0.0.1:%d" % self.port
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.port)
+
+    @property
+    def trap_url(self):
+        return "http://127.0.0.2:%d" % self.trap_port if self.trap_port else None
 
     @property
     def base_url(self):
@@ -363,7 +416,7 @@ class Simulator:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.root_url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=self._ssl_ctx) as r:
             return json.loads(r.read().decode())
 
     def append(self, count):
@@ -393,6 +446,20 @@ class Simulator:
 
     def token(self, pos):
         return self._call("GET", "/_sim/token?pos=%d" % pos)["token"]
+
+    def trap_requests(self):
+        """Every request the trap listener (127.0.0.2) received, with its headers."""
+        return self._call("GET", "/_sim/trap")
+
+
+def make_self_signed_cert(cert, key, cn="127.0.0.1", san="IP:127.0.0.1,DNS:localhost"):
+    """A throwaway self-signed certificate (openssl), by default for 127.0.0.1 and localhost."""
+    if not shutil.which("openssl"):
+        raise Skip("openssl not found")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "2", "-subj", "/CN=%s" % cn,
+                    "-addext", "subjectAltName=" + san],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
 
 
 def token_pos(tok):
@@ -450,6 +517,9 @@ class Daemon:
         self.env.update(env or {})
         self.config_path = os.path.join(self.dir, "witlinkd.conf")
         self.stderr_path = os.path.join(self.dir, "witlinkd.stderr")
+        self.wrapper = list(WRAPPER)
+        if under_valgrind() and not any(a.startswith("--log-file") for a in self.wrapper):
+            self.wrapper.insert(1, "--log-file=%s" % os.path.join(self.dir, "valgrind.%p.log"))
         self.proc = None
         self._err = None
         self.runs = 0
@@ -492,6 +562,8 @@ class Daemon:
     def run(self, cmd, timeout=60):
         if cmd and cmd[0] != self.binary:
             cmd = [self.binary] + list(cmd)
+        cmd = self.wrapper + list(cmd)
+        timeout = slow(timeout)
         with self._open_err() as ef:
             start = ef.tell()
             try:
@@ -511,7 +583,7 @@ class Daemon:
         """Run in the foreground mode (no --once) as a child process."""
         assert self.proc is None or self.proc.poll() is not None
         self._err = self._open_err()
-        self.proc = subprocess.Popen([self.binary, "-c", self.config_path] + list(args),
+        self.proc = subprocess.Popen(self.wrapper + [self.binary, "-c", self.config_path] + list(args),
                                      stdin=subprocess.DEVNULL, stdout=self._err, stderr=self._err,
                                      env=self.env, preexec_fn=_die_with_parent)
         return self
@@ -532,7 +604,7 @@ class Daemon:
         if self.proc is None:
             return None
         try:
-            rc = self.proc.wait(timeout)
+            rc = self.proc.wait(slow(timeout))
         except subprocess.TimeoutExpired:
             return None
         if self._err:
@@ -558,6 +630,20 @@ class Daemon:
         except OSError:
             return ""
 
+    def wrapper_problems(self):
+        """What the wrapper's logs report (valgrind: errors and definite leaks), per process."""
+        problems = []
+        for p in sorted(glob.glob(os.path.join(self.dir, "valgrind.*.log"))):
+            with open(p, errors="replace") as f:
+                text = f.read()
+            m = re.search(r"ERROR SUMMARY: (\d+) errors", text)
+            leak = re.search(r"definitely lost: ([\d,]+) bytes", text)
+            if m is None:
+                continue        # killed (SIGKILL) before valgrind could report
+            if int(m.group(1)) > 0 or (leak and leak.group(1) != "0"):
+                problems.append("%s: %s\n%s" % (p, m.group(0), _valgrind_excerpt(text)))
+        return problems
+
     def cleanup(self):
         self.stop()
         if self.own_dir:
@@ -565,6 +651,16 @@ class Daemon:
                 log("keeping daemon directory %s" % self.dir)
             else:
                 shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _valgrind_excerpt(text, n=60):
+    """The first error or leak record of a valgrind log."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if re.search(r"(Invalid|uninitialised|Mismatched|definitely lost in|Syscall param|"
+                     r"Source and destination overlap|Conditional jump)", line):
+            return "\n".join(lines[i:i + n])
+    return "\n".join(lines[-n:])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -839,7 +935,7 @@ def wait_caught_up(pg, n_feeds=1, timeout=60, daemon=None):
             raise Failure("daemon exited early with %s" % daemon.proc.returncode)
         fs = feeds(pg)
         return fs if len(fs) >= n_feeds and all(f["caught_up"] for f in fs) else None
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + slow(timeout)
     while time.monotonic() < deadline:
         try:
             v = pred()
@@ -912,13 +1008,23 @@ def run_test(fn, timeout=110):
     signal.signal(signal.SIGALRM, on_alarm)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
-    signal.alarm(timeout)
+    signal.alarm(int(slow(timeout)))
     t0 = time.monotonic()
     rc = 1
     try:
         with ctx.stack:
             try:
                 fn(ctx)
+                if WRAPPER:
+                    for d in ctx.daemons:
+                        d.stop()
+                    problems = [p for d in ctx.daemons for p in d.wrapper_problems()]
+                    if problems:
+                        for p in problems:
+                            log(p)
+                        raise Failure("%s reported %d problem(s)" % (WRAPPER[0], len(problems)))
+                    log("ok: %s reported no error and no leak (%d daemon directories)"
+                        % (os.path.basename(WRAPPER[0]), len(ctx.daemons)))
                 rc = 0
             except Skip as e:
                 log("SKIP: %s" % e)
@@ -970,6 +1076,38 @@ def request_chain_problems(reqs, start_tokens=None):
             problems.append("request #%d %s asked token %r, expected %r" % (r["seq"], r["path"], r.get("token"), exp))
         if r.get("status") == 200 and r.get("valid_batch") and not r.get("aborted"):
             expected[f] = r["next_token"]
+    return problems
+
+
+def throttle_problems(reqs, tolerance=None, boundaries=()):
+    """No request may start before the Retry-After (or X-RateLimit-Delay) of an earlier response
+    to the same source has run out. Times are the simulator's: a response's end is its arrival
+    time plus its duration; `tolerance` absorbs a request already on its way at that instant.
+    `boundaries`: instants (time.time()) at which the daemon was restarted; a new process cannot
+    know an earlier process's Retry-After, so no pair across one is compared."""
+    if tolerance is None:
+        tolerance = slow(0.1)
+    problems = []
+    waits = []          # (response end, seconds, seq, header)
+    for r in reqs:
+        if r.get("retry_after") is not None or r.get("ratelimit_delay") is not None:
+            secs, hdr = 0.0, None
+            for field in ("retry_after", "ratelimit_delay"):
+                try:
+                    v = float(r.get(field))
+                except (TypeError, ValueError):
+                    continue
+                if v > secs:
+                    secs, hdr = v, field
+            if secs > 0:
+                waits.append((r["time"] + r.get("duration", 0), secs, r["seq"], hdr))
+    for r in reqs:
+        for end, secs, seq, hdr in waits:
+            if any(end <= b <= r["time"] for b in boundaries):
+                continue
+            if end + tolerance < r["time"] < end + secs - 0.02:
+                problems.append("request #%d came %.2fs after response #%d whose %s was %gs"
+                                % (r["seq"], r["time"] - end, seq, hdr, secs))
     return problems
 
 

@@ -20,6 +20,8 @@ from a deterministic (per --seed) append-only event log, plus control endpoints 
                           "latency":..,"max_api_version":..,"auth_fail":..}
     GET  /_sim/stats                             {log_length, requests, epoch, ...}
     GET  /_sim/token?pos=N                       the continuation token for a log position
+    GET  /_sim/trap                              requests seen by the trap listener (--trap-listen)
+    POST /_sim/trap/clear                        empty that log
 
 Usable as a module: Dataset (the generator), token helpers, SimServer.
 """
@@ -666,9 +668,11 @@ def _fault_html203(h, f, produce):
 
 
 def _fault_redirect(h, f, produce):
+    loc = f.get("location", "https://login.microsoftonline.invalid/oauth2/authorize")
+    if loc == "trap":               # the same request on the trap listener (--trap-listen)
+        loc = (h.state.trap_url or "http://127.0.0.2:1") + h.path
     h.send_raw(int(f.get("status", 302)),
-               {"Location": f.get("location", "https://login.microsoftonline.invalid/oauth2/authorize"),
-                "Content-Type": "text/html; charset=utf-8"},
+               {"Location": loc, "Content-Type": "text/html; charset=utf-8"},
                b"<html><body>Object moved</body></html>")
 
 
@@ -733,6 +737,221 @@ def _fault_stall(h, f, produce):
     h.send_raw(st, hd, body)
 
 
+def _plain_body(hd, body):
+    """The identity-encoded body of a produce() answer (headers are updated)."""
+    if hd.get("Content-Encoding") == "gzip":
+        body = gzip.decompress(body)
+        del hd["Content-Encoding"]
+        hd.pop("Vary", None)
+    return body
+
+
+def _fault_drip(h, f, produce):
+    """Headers at once, then the body in `pieces` pieces spread over `seconds` (a slow body;
+    longer than the client's timeout, the client gives up)."""
+    st, hd, body = produce()
+    pieces = max(1, int(f.get("pieces", 20)))
+    seconds = float(f.get("seconds", 2.0))
+    entry = h._entry
+    h.send_raw(st, hd, b"", content_length=len(body), flush=True)
+    step = -(-len(body) // pieces)
+    sent = 0
+    try:
+        for i in range(pieces):
+            time.sleep(seconds / pieces)
+            chunk = body[i * step:(i + 1) * step]
+            if chunk:
+                h.wfile.write(chunk)
+                h.wfile.flush()
+                sent += len(chunk)
+    except OSError:
+        h.close_connection = True
+    if entry is not None:
+        entry["bytes"] = sent
+        if sent < len(body):       # the client hung up: no usable batch
+            entry["valid_batch"] = False
+            entry["aborted"] = True
+
+
+def _fault_truncjson(h, f, produce):
+    """A complete HTTP answer (right Content-Length) whose JSON document ends half-way."""
+    st, hd, body = produce()
+    _broken(h)
+    body = _plain_body(hd, body)
+    h.send_raw(200, hd, body[: max(1, len(body) // 2)])
+
+
+def _mutated(h, f, produce, mutate):
+    st, hd, body = produce()
+    _broken(h)
+    doc = json.loads(_plain_body(hd, body).decode())
+    mutate(doc)
+    h.send_raw(200, hd, json.dumps(doc, ensure_ascii=False).encode())
+
+
+def _attrs(v):
+    a = v.get("attributes") if isinstance(v, dict) else None
+    return a if isinstance(a, dict) else v
+
+
+def _pick_value(doc):
+    vals = doc.get("values") or []
+    return vals[len(vals) // 2] if vals else None
+
+
+WRONG_TYPES = {
+    # variant: how one document is made invalid (the whole batch must be rejected)
+    "sourceId-string": lambda d: _attrs(_pick_value(d)).__setitem__("sourceId", str(_attrs(_pick_value(d))["sourceId"])),
+    "targetId-float": lambda d: _attrs(_pick_value(d)).__setitem__("targetId", _attrs(_pick_value(d))["targetId"] + 0.5),
+    "sourceId-zero": lambda d: _attrs(_pick_value(d)).__setitem__("sourceId", 0),
+    "targetId-huge": lambda d: _attrs(_pick_value(d)).__setitem__("targetId", 2147483648),
+    "changedDate-number": lambda d: _attrs(_pick_value(d)).__setitem__("changedDate", 1700000000),
+    "changedDate-local": lambda d: _attrs(_pick_value(d)).__setitem__("changedDate", "2024-03-01 10:00:00"),
+    "rel-number": lambda d: _pick_value(d).__setitem__("rel", 7),
+    "isActive-string": lambda d: _attrs(_pick_value(d)).__setitem__("isActive", "true"),
+    "changedOperation-number": lambda d: _attrs(_pick_value(d)).__setitem__("changedOperation", 1),
+    "changedOperation-unknown": lambda d: _attrs(_pick_value(d)).__setitem__("changedOperation", "update"),
+    "changedBy-string": lambda d: _attrs(_pick_value(d)).__setitem__("changedBy", "ana@example.com"),
+    "comment-number": lambda d: _attrs(_pick_value(d)).__setitem__("comment", 42),
+    "projectId-not-guid": lambda d: _attrs(_pick_value(d)).__setitem__("sourceProjectId", "not-a-guid"),
+    "attributes-array": lambda d: _pick_value(d).__setitem__("attributes", [1, 2]),
+    "value-string": lambda d: d["values"].__setitem__(len(d["values"]) // 2, "a string"),
+    "values-object": lambda d: d.__setitem__("values", {"0": d["values"][0]}),
+    "isLastBatch-string": lambda d: d.__setitem__("isLastBatch", "false"),
+    "continuationToken-array": lambda d: d.__setitem__("continuationToken", ["x"]),
+    "nextLink-number": lambda d: (d.pop("continuationToken", None), d.__setitem__("nextLink", 12345)),
+    "body-array": None,
+}
+
+
+def _fault_wrongtypes(h, f, produce):
+    """A 200 whose JSON has a field of the wrong type (`variant`, see WRONG_TYPES)."""
+    variant = f.get("variant", "sourceId-string")
+    if variant == "body-array":
+        st, hd, body = produce()
+        _broken(h)
+        doc = json.loads(_plain_body(hd, body).decode())
+        h.send_raw(200, hd, json.dumps(doc.get("values", []), ensure_ascii=False).encode())
+        return
+    _mutated(h, f, produce, WRONG_TYPES[variant])
+
+
+NULLS = {
+    "rel": lambda d: _pick_value(d).__setitem__("rel", None),
+    "sourceId": lambda d: _attrs(_pick_value(d)).__setitem__("sourceId", None),
+    "targetId": lambda d: _attrs(_pick_value(d)).__setitem__("targetId", None),
+    "changedDate": lambda d: _attrs(_pick_value(d)).__setitem__("changedDate", None),
+    "operation": lambda d: (_attrs(_pick_value(d)).__setitem__("changedOperation", None),
+                            _attrs(_pick_value(d)).__setitem__("isActive", None)),
+    "value": lambda d: d["values"].__setitem__(len(d["values"]) // 2, None),
+    "values": lambda d: d.__setitem__("values", None),
+    "token": lambda d: (d.__setitem__("continuationToken", None), d.__setitem__("nextLink", None)),
+}
+
+
+def _fault_nulls(h, f, produce):
+    """A 200 where a required field (`variant`, see NULLS) is null: the batch must be rejected.
+    (Optional fields that are null or absent are part of the normal data set.)"""
+    _mutated(h, f, produce, NULLS[f.get("variant", "sourceId")])
+
+
+def _write_head(h, status, headers):
+    """Status line and headers without Content-Length (for a chunked answer); logs the request."""
+    reason = h.responses.get(status, ("Unknown",))[0]
+    headers = dict(headers)
+    headers.setdefault("ActivityId", str(uuid.uuid4()))
+    headers.setdefault("Date", h.date_time_string())
+    lines = ["HTTP/1.1 %d %s\r\n" % (status, reason)] + ["%s: %s\r\n" % kv for kv in headers.items()]
+    h._status, h._bytes, h._activity = status, 0, headers["ActivityId"]
+    entry = h._entry
+    h._finish_log()
+    h.wfile.write(("".join(lines) + "\r\n").encode("latin-1"))
+    return entry
+
+
+def _fault_huge(h, f, produce):
+    """A 200 body of `bytes` bytes (default 64 MiB): with Content-Length (default), chunked
+    without a length (`chunked`: true), or a small gzip stream that inflates to that size
+    (`gzip`: true). The log entry gets sent_bytes (what the client took before it hung up)."""
+    total = int(f.get("bytes", 64 << 20))
+    chunked = bool(f.get("chunked")) or bool(f.get("gzip"))
+    use_gzip = bool(f.get("gzip"))
+    _broken(h)
+    h._aborted = True
+    hd = {"Content-Type": "application/json; charset=utf-8"}
+    if use_gzip:
+        hd["Content-Encoding"] = "gzip"
+    if chunked:
+        hd["Transfer-Encoding"] = "chunked"
+    else:
+        hd["Content-Length"] = str(total)
+    h.close_connection = True
+    hd["Connection"] = "close"
+    entry = _write_head(h, 200, hd)
+    sent = 0
+    comp = zlib.compressobj(1, zlib.DEFLATED, 31) if use_gzip else None
+    block = b'{"values":[' + b" " * (65536 - 11)
+    produced = 0
+    try:
+        while produced < total:
+            data = block if produced == 0 else b" " * 65536
+            data = data[: total - produced]
+            produced += len(data)
+            if comp:
+                data = comp.compress(data)
+                if produced >= total:
+                    data += comp.flush()
+                if not data:
+                    continue
+            if chunked:
+                h.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
+            else:
+                h.wfile.write(data)
+            sent += len(data)
+        if chunked:
+            h.wfile.write(b"0\r\n\r\n")
+        h.wfile.flush()
+        complete = True
+    except OSError:
+        complete = False
+    if entry is not None:
+        entry["sent_bytes"] = sent
+        entry["body_complete"] = complete
+        entry["huge_done"] = True
+    h.close_connection = True
+
+
+def _fault_ratelimit(h, f, produce):
+    """The server's throttling headers (X-RateLimit-*, optionally Retry-After) on a normal 200
+    (`status`: 429 answers a JSON throttling error instead)."""
+    code = int(f.get("status", 200))
+    hd_extra = {
+        "X-RateLimit-Resource": "ReleaseManagement/Core",
+        "X-RateLimit-Delay": str(f.get("delay", 1.0)),
+        "X-RateLimit-Limit": str(f.get("limit", 200)),
+        "X-RateLimit-Remaining": str(f.get("remaining", 100)),
+        "X-RateLimit-Reset": str(int(time.time() + float(f.get("reset_in", 300)))),
+    }
+    if f.get("retry_after") is not None:
+        hd_extra["Retry-After"] = str(f["retry_after"])
+    if code == 200:
+        st, hd, body = produce()
+        hd.update(hd_extra)
+        h.send_raw(200, hd, body)
+        return
+    hd_extra["Content-Type"] = "application/json; charset=utf-8"
+    h.send_raw(code, hd_extra, error_body("TF400733: The request has been canceled: Request was "
+                                          "blocked due to exceeding usage of resource 'Core'.",
+                                          "RequestBlockedException"))
+
+
+def _fault_dupboundary(h, f, produce):
+    """The batch plus the first `events` values of the next batch (which serves them again):
+    the same values on both sides of a batch boundary."""
+    st, hd, body = produce(extra=int(f.get("events", 10)))
+    h.send_raw(st, hd, body)
+
+
 FAULTS = {
     "status": _fault_status,
     "html203": _fault_html203,
@@ -745,6 +964,13 @@ FAULTS = {
     "badjson": _fault_badjson,
     "overlap": _fault_overlap,
     "stall": _fault_stall,
+    "drip": _fault_drip,
+    "truncjson": _fault_truncjson,
+    "wrongtypes": _fault_wrongtypes,
+    "nulls": _fault_nulls,
+    "huge": _fault_huge,
+    "ratelimit": _fault_ratelimit,
+    "dupboundary": _fault_dupboundary,
 }
 
 SIGNIN_HTML = (b"<!DOCTYPE html>\n<html><head><title>Azure DevOps Services | Sign In</title></head>"
@@ -799,6 +1025,10 @@ class SimState:
         self.lock = threading.Lock()
         self.requests = []
         self.faults = []
+        self.body_cache = None      # {key: (headers, log fields, body)} with --precompute
+        self.trap_url = None        # "http://127.0.0.2:PORT" of the trap listener (--trap-listen)
+        self.trap_requests = []     # every request the trap listener saw, with its headers
+        self.chaos = None           # {"ratio", "faults", "rng"}: random faults (POST /_sim/config)
 
     def set_auth(self, auth):
         self.auth = auth
@@ -845,6 +1075,11 @@ class SimState:
                         del self.faults[i]
                 f["applied"] = f.get("applied", 0) + 1
                 return dict(f)
+            ch = self.chaos
+            if ch and ch["faults"] and ch["rng"].random() < ch["ratio"]:
+                f = dict(ch["faults"][int(ch["rng"].random() * len(ch["faults"]))])
+                f["chaos"] = True
+                return f
             return None
 
     def log(self, entry):
@@ -890,6 +1125,11 @@ class Handler(BaseHTTPRequestHandler):
         self._status = status
         self._bytes = len(body)
         self._activity = headers.get("ActivityId")
+        if self._entry is not None:
+            for name, field in (("Retry-After", "retry_after"), ("X-RateLimit-Delay", "ratelimit_delay"),
+                                ("X-RateLimit-Remaining", "ratelimit_remaining")):
+                if name in headers:
+                    self._entry[field] = headers[name]
         self._finish_log()          # before the client can see the response
         try:
             self.wfile.write(data)
@@ -968,6 +1208,9 @@ class Handler(BaseHTTPRequestHandler):
         self._activity = None
         self._entry = None
         url = urlsplit(self.path)
+        if getattr(self.server, "trap", False):
+            self._trap(method, url)
+            return
         if url.path.startswith("/_sim/"):
             try:
                 self._control(method, url)
@@ -975,6 +1218,24 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_json(500, {"error": repr(e)})
             return
         self._data(method, url)
+
+    def _trap(self, method, url):
+        """The second listener (--trap-listen): nothing should ever reach it. It records every
+        request with all its headers (the Authorization header in particular) and then answers
+        like the real server would, so that a client that follows it gets data, not an error."""
+        st = self.state
+        with st.lock:
+            st.trap_requests.append({
+                "time": time.time(), "method": method, "path": self.path,
+                "host": self.headers.get("Host"),
+                "authorization": self.headers.get("Authorization"),
+                "headers": {k: v for k, v in self.headers.items()},
+                "remote": "%s:%s" % self.client_address[:2],
+            })
+        if url.path.startswith("/_sim/"):
+            self.send_json(404, {"error": "the trap listener serves no control endpoint"})
+            return
+        self._data(method, url, listener="trap")
 
     def _read_body(self):
         n = int(self.headers.get("Content-Length") or 0)
@@ -1048,6 +1309,23 @@ class Handler(BaseHTTPRequestHandler):
                 if "max_api_version" in body:
                     mv = body["max_api_version"]
                     st.max_api_version = tuple(int(x) for x in mv.split(".")) if mv else None
+                if "nextlink_base" in body:
+                    nb = body["nextlink_base"]
+                    if nb == "trap":
+                        if not st.trap_url:
+                            raise ValueError("no trap listener (--trap-listen)")
+                        nb = st.trap_url
+                    st.nextlink_base = nb.rstrip("/")
+                if "chaos" in body:
+                    ch = body["chaos"]
+                    if ch:
+                        for f in ch.get("faults", []):
+                            if f.get("kind") not in FAULTS:
+                                raise ValueError("unknown fault kind %r" % f.get("kind"))
+                        st.chaos = {"ratio": float(ch.get("ratio", 0.1)), "faults": list(ch.get("faults", [])),
+                                    "rng": random.Random(int(ch.get("seed", 1)))}
+                    else:
+                        st.chaos = None
             self.send_json(200, {"ok": True})
         elif p == "/_sim/stats" and method == "GET":
             with st.lock:
@@ -1057,7 +1335,16 @@ class Handler(BaseHTTPRequestHandler):
                                  "epoch": ds.epoch, "organization": ds.org,
                                  "projects": [{"name": n_, "id": i_} for n_, i_ in
                                               zip(ds.projects, ds.project_ids)],
-                                 "batch_size": st.batch_size, "pid": os.getpid()})
+                                 "batch_size": st.batch_size, "pid": os.getpid(),
+                                 "trap_url": st.trap_url, "trap_requests": len(st.trap_requests)})
+        elif p == "/_sim/trap" and method == "GET":
+            with st.lock:
+                reqs = list(st.trap_requests)
+            self.send_json(200, reqs)
+        elif p == "/_sim/trap/clear" and method == "POST":
+            with st.lock:
+                st.trap_requests.clear()
+            self.send_json(200, {"requests": 0})
         elif p == "/_sim/token" and method == "GET":
             pos = int(q.get("pos", ds.length))
             self.send_json(200, {"token": make_token(ds.epoch, pos), "pos": pos})
@@ -1066,7 +1353,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- data -------------------------------------------------------------------------------
 
-    def _data(self, method, url):
+    def _data(self, method, url, listener=None):
         st = self.state
         t0 = time.time()
         qraw = parse_qs(url.query, keep_blank_values=True)
@@ -1083,6 +1370,8 @@ class Handler(BaseHTTPRequestHandler):
             "fedauth_suppress": (self.headers.get("X-TFS-FedAuthRedirect") or "").lower() == "suppress",
             "host": self.headers.get("Host"),
         }
+        if listener:
+            entry["listener"] = listener
         self._entry = entry
         try:
             self._data_inner(method, url, qi, auth_ok, entry)
@@ -1185,7 +1474,7 @@ class Handler(BaseHTTPRequestHandler):
                         rels.add(i)
         accept_gzip = st.gzip and "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
 
-        def produce(back=0, stall=False):
+        def produce(back=0, stall=False, extra=0):
             p0 = max(0, pos - back) if back else pos
             sel, newpos, at_end = ds.scan(p0, project, types_mask, rels, start_ticks,
                                           st.batch_size, n=n)
@@ -1194,11 +1483,19 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 js = ds.js
                 vals = [js[i] for i in sel]
+            if extra and not at_end:
+                # the first values of the next batch, served again there (token unchanged)
+                sel2, _, _ = ds.scan(newpos, project, types_mask, rels, None, extra, n=n)
+                vals = list(vals) + (ds.js[sel2[0]:sel2[1]] if isinstance(sel2, tuple)
+                                     else [ds.js[i] for i in sel2])
+                entry["extra_values"] = len(vals) - (len(sel) if not isinstance(sel, tuple)
+                                                     else sel[1] - sel[0])
             if stall:
                 newpos, at_end = pos, False
             tok = make_token(ds.epoch, newpos, st.token_pad)
             entry["events"] = len(vals)
-            entry["valid_batch"] = True
+            # "broken": the test knows the client cannot use this answer (it times out first)
+            entry["valid_batch"] = not (fault is not None and fault.get("broken"))
             entry["next_token"] = tok
             entry["is_last"] = at_end
             entry["pos"] = p0
@@ -1229,21 +1526,91 @@ class Handler(BaseHTTPRequestHandler):
 
         if fault is not None:
             FAULTS[fault["kind"]](self, fault, produce)
+            if fault.get("broken"):         # the test knows the client cannot use this answer
+                entry["valid_batch"] = False
             return
+        # --precompute: unfiltered collection-wide batches are served from memory (filled at
+        # startup by precompute_chain(), exactly what produce() returned for the same inputs).
+        key = None
+        if st.body_cache is not None and project is None and types_mask is None and rels is None \
+                and start_ticks is None and not qi.get("types") and not qi.get("linktypes"):
+            key = (pos, n, ver, accept_gzip, st.batch_size, st.token_pad, st.omit_token_ratio,
+                   st.nextlink_base, st.nextlink_api_version)
+            hit = st.body_cache.get(key)
+            if hit is not None:
+                entry.update(hit[1])
+                self.send_raw(200, hit[0], hit[2])
+                return
         st_, hd, body = produce()
+        if key is not None and st_ == 200:
+            st.body_cache[key] = (dict(hd), {k: entry[k] for k in CACHED_ENTRY_FIELDS if k in entry},
+                                  body)
         self.send_raw(st_, hd, body)
+
+
+CACHED_ENTRY_FIELDS = ("events", "valid_batch", "next_token", "is_last", "pos", "next_pos",
+                       "token_in_body")
+
+
+def precompute_chain(srv, api_version="7.1", timeout=3600):
+    """--precompute: walk the collection-wide chain once through the running server (as a client
+    would, with gzip when it is served) so that every body is built once, at startup; the walk is
+    then dropped from the request log."""
+    import http.client
+    st = srv.state
+    st.body_cache = {}
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    headers = {"Accept-Encoding": "gzip" if st.gzip else "identity"}
+    if st.expected_auth:
+        headers["Authorization"] = st.expected_auth
+    tok, n_req, deadline = None, 0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        q = "api-version=" + quote(api_version, safe="")
+        if tok:
+            q += "&continuationToken=" + quote(tok, safe="")
+        conn.request("GET", "/%s/_apis/wit/reporting/workitemlinks?%s" % (st.org_path, q),
+                     headers=headers)
+        r = conn.getresponse()
+        r.read()
+        n_req += 1
+        with st.lock:
+            last = st.requests[-1] if st.requests else {}
+        if r.status != 200 or last.get("is_last") or not last.get("next_token"):
+            break
+        tok = last["next_token"]
+    conn.close()
+    with st.lock:
+        st.requests.clear()
+    return n_req
 
 
 class SimServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+    trap = False
 
-    def __init__(self, addr, state):
+    def __init__(self, addr, state, trap=False):
         self.state = state
+        self.trap = trap
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6
         super().__init__(addr, Handler)
+
+    def enable_tls(self, cert, key):
+        """Serve HTTPS with this certificate; the handshake runs in the handler's thread."""
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        self.socket = ctx.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def handle_error(self, request, client_address):
+        # A client that refuses our certificate, or hangs up mid-answer, is part of the tests.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (OSError, EOFError)):
+            return
+        super().handle_error(request, client_address)
 
 
 def build_arg_parser():
@@ -1268,6 +1635,18 @@ def build_arg_parser():
     ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every data request")
     ap.add_argument("--max-api-version", default=None, help="e.g. 5.0 to act like Server 2019")
     ap.add_argument("--token-pad", type=int, default=0, help="pad tokens with N characters")
+    ap.add_argument("--precompute", action="store_true",
+                    help="build the bodies of the unfiltered collection-wide chain (api-version "
+                         "--precompute-api-version, gzip unless --no-gzip) at startup and serve "
+                         "them from memory (benchmarks: the simulator then costs almost nothing)")
+    ap.add_argument("--precompute-api-version", default="7.1")
+    ap.add_argument("--trap-listen", default=None,
+                    help="also listen on this address (e.g. 127.0.0.2, port 0) and record every "
+                         "request with its headers (GET /_sim/trap); --nextlink-base trap points "
+                         "nextLink there")
+    ap.add_argument("--trap-port-file", default=None)
+    ap.add_argument("--tls-cert", default=None, help="serve HTTPS with this PEM certificate")
+    ap.add_argument("--tls-key", default=None, help="its PEM private key")
     return ap
 
 
@@ -1286,6 +1665,32 @@ def main(argv=None):
                      token_pad=args.token_pad)
     srv = SimServer((args.listen, args.port), state)
     port = srv.server_address[1]
+    trap = None
+    if args.trap_listen:
+        trap = SimServer((args.trap_listen, 0), state, trap=True)
+        tport = trap.server_address[1]
+        state.trap_url = "http://%s:%d" % (args.trap_listen if ":" not in args.trap_listen
+                                           else "[%s]" % args.trap_listen, tport)
+        if args.nextlink_base == "trap":
+            state.nextlink_base = state.trap_url
+        threading.Thread(target=trap.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+        if args.trap_port_file:
+            tmp = args.trap_port_file + ".tmp.%d" % os.getpid()
+            with open(tmp, "w") as f:
+                f.write("%d\n" % tport)
+            os.replace(tmp, args.trap_port_file)
+    elif args.nextlink_base == "trap":
+        raise SystemExit("--nextlink-base trap needs --trap-listen")
+    if args.precompute:
+        t1 = time.time()
+        th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+        th.start()
+        nb = precompute_chain(srv, args.precompute_api_version)
+        srv.shutdown()
+        th.join()
+        sys.stderr.write("simulator: precomputed %d bodies in %.2fs\n" % (nb, time.time() - t1))
+    if args.tls_cert:
+        srv.enable_tls(args.tls_cert, args.tls_key or args.tls_cert)
     if args.port_file:
         tmp = args.port_file + ".tmp.%d" % os.getpid()
         with open(tmp, "w") as f:

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import harness  # noqa: E402
 from harness import check, log  # noqa: E402
 
-EVENTS = int(os.environ.get("WITLINK_TEST_EVENTS", "60000"))
+EVENTS = int(os.environ.get("WITLINK_TEST_EVENTS") or harness.scaled(60000, 2000))
 
 
 def main(ctx):

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import harness  # noqa: E402
 from harness import check, token_pos  # noqa: E402
 
-EVENTS = 30000
+EVENTS = harness.scaled(30000, 3000)
 BATCH = 50
 
 
