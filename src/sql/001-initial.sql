@@ -33,14 +33,15 @@ COMMENT ON TABLE witlink.feed IS
 -- Append-only: one row per distinct link change, event_id in arrival (feed) order.
 CREATE TABLE witlink.work_item_link_event (
     event_id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    organization              text NOT NULL,
+    organization              text COLLATE "C" NOT NULL,
     feed_id                   bigint NOT NULL,   -- the feed that brought it first
-    link_type_reference_name  text NOT NULL,
+    link_type_reference_name  text COLLATE "C" NOT NULL,
     link_type                 text,
     source_work_item_id       integer NOT NULL,
     target_work_item_id       integer NOT NULL,
     changed_date              timestamptz NOT NULL,
-    changed_operation         text NOT NULL CHECK (changed_operation IN ('create', 'remove')),
+    changed_operation         text COLLATE "C" NOT NULL
+                              CHECK (changed_operation IN ('create', 'remove')),
     is_active_reported        boolean,
     changed_by_id             text,
     changed_by                text,
@@ -50,7 +51,8 @@ CREATE TABLE witlink.work_item_link_event (
     target_project_id         uuid,
     ingested_at               timestamptz NOT NULL DEFAULT now(),
     -- What makes a change the same change when it is seen again (a replayed batch, or a
-    -- cross-project link in two project feeds).
+    -- cross-project link in two project feeds). Keys in the order that tells them apart
+    -- soonest; the text columns compare bytewise (COLLATE "C"), whatever the database's locale.
     CONSTRAINT work_item_link_event_change UNIQUE
         (source_work_item_id, target_work_item_id, changed_date, link_type_reference_name,
          changed_operation, organization)
@@ -60,8 +62,8 @@ COMMENT ON TABLE witlink.work_item_link_event IS
     'Every distinct work item link change, once, in the order the feeds delivered them.';
 
 CREATE TABLE witlink.work_item_link (
-    organization              text NOT NULL,
-    link_type_reference_name  text NOT NULL,
+    organization              text COLLATE "C" NOT NULL,
+    link_type_reference_name  text COLLATE "C" NOT NULL,
     source_work_item_id       integer NOT NULL,
     target_work_item_id       integer NOT NULL,
     is_active                 boolean NOT NULL,
@@ -77,7 +79,9 @@ CREATE TABLE witlink.work_item_link (
     changed_by                text,
     last_event_id             bigint NOT NULL,
     updated_at                timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (organization, link_type_reference_name, source_work_item_id, target_work_item_id)
+    -- The work item ids lead: they tell keys apart at once, where the organization (the same
+    -- in almost every row) and the link type would be compared first otherwise.
+    PRIMARY KEY (source_work_item_id, target_work_item_id, link_type_reference_name, organization)
 );
 
 COMMENT ON TABLE witlink.work_item_link IS

@@ -25,10 +25,10 @@ CREATE TRIGGER feed_track_token
 
 -- Links by their target work item (ancestors of forward hierarchy links, descendants of
 -- reverse ones, "links pointing at X"). Only columns that never change once a row exists, so
--- an update of a link's state stays eligible for a HOT update. The primary key already serves
--- lookups by (organization, link type, source).
+-- an update of a link's state stays eligible for a HOT update. The primary key (source,
+-- target, link type, organization) already serves lookups by source.
 CREATE INDEX work_item_link_target_idx
-    ON witlink.work_item_link (organization, target_work_item_id, link_type_reference_name);
+    ON witlink.work_item_link (target_work_item_id, link_type_reference_name, organization);
 
 -- The one index on the event log, for questions about a time window (removals last week,
 -- churn of a month, what changed between two dates). links_as_of() does not need it: it reads
