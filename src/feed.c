@@ -168,6 +168,9 @@ const SourceConfig *feed_source_config(FeedSource *s) {
 
 void feed_source_set_config(FeedSource *s, const SourceConfig *config) {
         s->config = config;
+        /* The feeds' log lines name the organization from the configuration in force. */
+        for (size_t i = 0; i < s->n_feeds; i++)
+                s->feeds[i]->log.organization = config->name;
 }
 
 static int feed_source_attach(FeedSource *s, Feed *f) {
