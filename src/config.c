@@ -477,7 +477,6 @@ static int parse_filter(const char *value, void *dst, char **ret_reason) {
 
 /* ---- the table -------------------------------------------------------------------------- */
 
-#define D(field) CONFIG_SECTION_DAEMON, #field, NULL, offsetof(Config, field)
 #define DAEMON(name, parser, field) CONFIG_SECTION_DAEMON, name, parser, offsetof(Config, field)
 #define SOURCE(name, parser, field) CONFIG_SECTION_SOURCE, name, parser, offsetof(SourceConfig, field)
 
@@ -521,7 +520,6 @@ static const ConfigKey keys[] = {
           "concurrent requests to this source" },
 };
 
-#undef D
 #undef DAEMON
 #undef SOURCE
 
