@@ -608,6 +608,9 @@ static void on_applied(int r, const char *error, int64_t new_events, void *userd
         free(f->token);
         f->token = TAKE_PTR(f->pending_token);
         f->events_applied += f->pending_events;
+        /* A commit is progress: a failure after it starts the backoff afresh. */
+        f->failures = 0;
+        f->backoff_usec = 0;
         if (f->deferred_kind == FEED_FAILURE_NONE)
                 feed_succeeded(f);
         log_full(LOG_DEBUG, 0, NULL,
@@ -839,9 +842,12 @@ static void feed_handle_response(Feed *f, const HttpResponse *resp, uint64_t now
                 if (resp->code == CURLE_PEER_FAILED_VERIFICATION ||
                     resp->code == CURLE_SSL_CACERT_BADFILE || resp->code == CURLE_SSL_CERTPROBLEM) {
                         snprintf(msg, msg_size,
-                                 "TLS: the server's certificate is not trusted (%s); for a private "
-                                 "CA set ca-file",
-                                 resp->error);
+                                 "TLS: the server's certificate is not trusted (%s); %s",
+                                 resp->error,
+                                 f->source->config->ca_file
+                                         ? "check ca-file and that the URL names the host the "
+                                           "certificate is for"
+                                         : "for a private CA set ca-file");
                         f->request = http_request_free(f->request);
                         feed_release_slot(f);
                         feed_fail(f, FEED_FAILURE_TLS, min_delay, msg);
