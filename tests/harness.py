@@ -994,6 +994,20 @@ class TestContext:
                 log("---- postgres log (tail) ----\n" + t)
 
 
+def _check_wrapper_logs(ctx):
+    """Stops the daemons and fails when the wrapper's logs (valgrind) report an error or a
+    definite leak."""
+    for d in ctx.daemons:
+        d.stop()
+    problems = [p for d in ctx.daemons for p in d.wrapper_problems()]
+    if problems:
+        for p in problems:
+            log(p)
+        raise Failure("%s reported %d problem(s)" % (WRAPPER[0], len(problems)))
+    log("ok: %s reported no error and no leak (%d daemon directories)"
+        % (os.path.basename(WRAPPER[0]), len(ctx.daemons)))
+
+
 def run_test(fn, timeout=110):
     """Run fn(ctx) and exit 0/1/77. A SIGALRM after `timeout` seconds fails the test."""
     ctx = TestContext()
@@ -1014,17 +1028,11 @@ def run_test(fn, timeout=110):
     try:
         with ctx.stack:
             try:
-                fn(ctx)
-                if WRAPPER:
-                    for d in ctx.daemons:
-                        d.stop()
-                    problems = [p for d in ctx.daemons for p in d.wrapper_problems()]
-                    if problems:
-                        for p in problems:
-                            log(p)
-                        raise Failure("%s reported %d problem(s)" % (WRAPPER[0], len(problems)))
-                    log("ok: %s reported no error and no leak (%d daemon directories)"
-                        % (os.path.basename(WRAPPER[0]), len(ctx.daemons)))
+                try:
+                    fn(ctx)
+                finally:
+                    if WRAPPER:         # also after a failure: report what the tool saw
+                        _check_wrapper_logs(ctx)
                 rc = 0
             except Skip as e:
                 log("SKIP: %s" % e)

@@ -351,6 +351,50 @@ def test_simulator(ctx):
     check(reqs[-1]["fault"] == "overlap" and reqs[-1]["token"] == t100 and "next_token" in reqs[-1],
           "request log names the fault, the token asked and the token returned")
 
+    # the faults of issue 4: throttling headers in the log, broken bodies, huge, duplicates, chaos
+    sim.clear_requests()
+    sim.set_faults([{"kind": "ratelimit", "delay": 1.5, "remaining": 7, "retry_after": 2},
+                    {"kind": "truncjson"}, {"kind": "wrongtypes", "variant": "sourceId-string"},
+                    {"kind": "nulls", "variant": "changedDate"}, {"kind": "dupboundary", "events": 3}])
+    r1, r2, r3, r4 = c.get(path), c.get(path), c.get(path), c.get(path)
+    r5 = c.get(feed_path(org, token=t100))
+    check(r1[0] == 200 and r1[1].get("x-ratelimit-remaining") == "7" and r1[1].get("retry-after") == "2",
+          "ratelimit: X-RateLimit-* and Retry-After on a 200")
+    lg = sim.requests()
+    check(lg[0].get("retry_after") == "2" and lg[0].get("ratelimit_delay") == "1.5",
+          "the request log records Retry-After and X-RateLimit-Delay")
+    bad = []
+    for r in (r2, r3, r4):
+        try:
+            doc = json.loads(r[2])
+            v = doc["values"][len(doc["values"]) // 2]
+            a = v.get("attributes") or v
+            bad.append(isinstance(a.get("sourceId"), str) or a.get("changedDate") is None)
+        except ValueError:
+            bad.append(True)
+    check(all(bad) and not any(x.get("valid_batch") for x in lg[1:4]),
+          "truncjson, wrongtypes, nulls: 200s that must be rejected, logged as broken")
+    d5 = json.loads(r5[2])
+    check(len(d5["values"]) == 503 and token_of(d5)[0] == sim.token(600),
+          "dupboundary: the next batch's first 3 values at the end, token unchanged")
+    sim.set_faults([{"kind": "huge", "bytes": 64 << 20}])
+    sock = socket.create_connection(("127.0.0.1", sim.port), timeout=10)
+    sock.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n"
+                  % (path, c.headers()["Authorization"])).encode())
+    head = sock.recv(65536)
+    sock.close()
+    harness.wait_until(lambda: sim.requests()[-1].get("huge_done"), 10)
+    last = sim.requests()[-1]
+    check(head.startswith(b"HTTP/1.1 200") and b"Content-Length: 67108864" in head and
+          last.get("body_complete") is False and last.get("sent_bytes", 1 << 30) < 32 << 20,
+          "huge: 64 MiB announced, %d bytes sent before the client hung up" % last.get("sent_bytes", -1))
+    sim.set_faults([])
+    sim.config(chaos={"ratio": 0.5, "seed": 3, "faults": [{"kind": "status", "status": 502}]})
+    sts = [c.get(path)[0] for _ in range(40)]
+    sim.config(chaos=None)
+    check(8 <= sts.count(502) <= 32 and sts.count(200) + sts.count(502) == 40,
+          "chaos 50 %%: %d of 40 requests got a 502" % sts.count(502))
+
     # org prefix like an on-prem collection
     tfs = ctx.simulator(seed=5, events=3000, org="tfs/DefaultCollection", auth="none", batch_size=1000)
     ct = Client(tfs.port, auth=None)
