@@ -818,6 +818,13 @@ static void feed_handle_response(Feed *f, const HttpResponse *resp, uint64_t now
                                  uint64_t min_delay, char *msg, size_t msg_size, char *detail,
                                  size_t detail_size);
 
+/* The response is done with: free the request and its slot, then act on the failure. */
+static void feed_fail_response(Feed *f, FeedFailure kind, uint64_t min_delay, const char *msg) {
+        f->request = http_request_free(f->request);
+        feed_release_slot(f);
+        feed_fail(f, kind, min_delay, msg);
+}
+
 static void on_http_done(HttpRequest *req _unused_, const HttpResponse *resp, void *userdata) {
         Feed *f = userdata;
         char msg[1024], detail[512];
@@ -848,9 +855,7 @@ static void feed_handle_response(Feed *f, const HttpResponse *resp, uint64_t now
                                          ? "check ca-file and that the URL names the host the "
                                            "certificate is for"
                                          : "for a private CA set ca-file");
-                        f->request = http_request_free(f->request);
-                        feed_release_slot(f);
-                        feed_fail(f, FEED_FAILURE_TLS, min_delay, msg);
+                        feed_fail_response(f, FEED_FAILURE_TLS, min_delay, msg);
                         return;
                 }
                 if (resp->too_large)
@@ -870,9 +875,7 @@ static void feed_handle_response(Feed *f, const HttpResponse *resp, uint64_t now
                          "HTTP %ld%s: the server did not accept the credential (check the token, "
                          "its expiry and its vso.work scope; ActivityId %s)",
                          resp->status, is_html(resp) ? " with an HTML page" : "", f->activity_id);
-                f->request = http_request_free(f->request);
-                feed_release_slot(f);
-                feed_fail(f, FEED_FAILURE_AUTH, min_delay, msg);
+                feed_fail_response(f, FEED_FAILURE_AUTH, min_delay, msg);
                 return;
         }
 
@@ -893,9 +896,7 @@ static void feed_handle_response(Feed *f, const HttpResponse *resp, uint64_t now
                          "reset the feed (UPDATE witlink.feed SET continuation_token = NULL "
                          "WHERE feed_id = %" PRIi64 ") to start it over (ActivityId %s)",
                          detail, f->id, f->activity_id);
-                f->request = http_request_free(f->request);
-                feed_release_slot(f);
-                feed_fail(f, FEED_FAILURE_FATAL, 0, msg);
+                feed_fail_response(f, FEED_FAILURE_FATAL, 0, msg);
                 return;
         }
         if (resp->status == 400 || resp->status == 404) {
@@ -904,9 +905,7 @@ static void feed_handle_response(Feed *f, const HttpResponse *resp, uint64_t now
                          resp->status, detail, f->activity_id);
                 if (min_delay < NOT_FOUND_BACKOFF_USEC)
                         min_delay = NOT_FOUND_BACKOFF_USEC;
-                f->request = http_request_free(f->request);
-                feed_release_slot(f);
-                feed_fail(f, FEED_FAILURE_TRANSIENT, min_delay, msg);
+                feed_fail_response(f, FEED_FAILURE_TRANSIENT, min_delay, msg);
                 return;
         }
         snprintf(msg, msg_size, "HTTP %ld%s (ActivityId %s)", resp->status, detail,
@@ -918,9 +917,7 @@ static void feed_handle_response(Feed *f, const HttpResponse *resp, uint64_t now
                          "Throttled by the server (HTTP 429).");
 
 transient:
-        f->request = http_request_free(f->request);
-        feed_release_slot(f);
-        feed_fail(f, FEED_FAILURE_TRANSIENT, min_delay, msg);
+        feed_fail_response(f, FEED_FAILURE_TRANSIENT, min_delay, msg);
 }
 
 static void feed_fetch(Feed *f) {

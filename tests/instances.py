@@ -83,6 +83,27 @@ def start_together(instances, lead=0.8):
     return at
 
 
+def start_three(ctx, pg, seed, events, projects, batch, interval):
+    """The set-up the kill and terminate tests share: a simulator with 30 ms per request, three
+    instances a, b, c of one config, a lock sampler, and every feed owned. Returns (sim, insts,
+    sampler, owner, t_ready, feed_ids)."""
+    sim = ctx.simulator(seed=seed, events=events, projects=projects, batch_size=batch,
+                        extra_args=["--latency", "0.03"])
+    src = [harness.Source.for_simulator(sim, name="fabrikam", projects=projects)]
+    insts = [Instance(ctx, n, pg, src, poll_interval="%ds" % interval) for n in "abc"]
+    sampler = LockSampler(pg, interval=0.05)
+    ctx.stack.callback(sampler.stop)
+    sampler.start()
+    for inst in insts:
+        inst.daemon.start()
+    owner = wait_owners(pg, insts, len(projects), 20)
+    t_ready = time.monotonic()
+    feed_ids = [f["feed_id"] for f in harness.feeds(pg)]
+    check(len(feed_ids) == len(projects), "one witlink.feed row per project (feeds %s)" % feed_ids)
+    log("every feed has one owner, named in witlink.feed: %s" % describe(owner))
+    return sim, insts, sampler, owner, t_ready, feed_ids
+
+
 def holders(pg):
     """{feed_id: [(backend pid, application_name), ...]} of the granted feed locks, now."""
     out = {}

@@ -59,20 +59,8 @@ def main(ctx):
     pg = ctx.pg(settings={"log_statement": "'all'"})      # for the claims' timing
     # 30 ms per request: the backfill of the four feeds takes several seconds, so the first kill
     # lands in the middle of it.
-    sim = ctx.simulator(seed=6606, events=EVENTS, projects=PROJECTS, batch_size=BATCH,
-                        extra_args=["--latency", "0.03"])
-    src = [harness.Source.for_simulator(sim, name="fabrikam", projects=PROJECTS)]
-    insts = [instances.Instance(ctx, n, pg, src, poll_interval="%ds" % INTERVAL) for n in "abc"]
-    sampler = instances.LockSampler(pg, interval=0.05)
-    ctx.stack.callback(sampler.stop)
-    sampler.start()
-    for inst in insts:
-        inst.daemon.start()
-    owner = instances.wait_owners(pg, insts, len(PROJECTS), 20)
-    t_ready = time.monotonic()
-    feed_ids = [f["feed_id"] for f in harness.feeds(pg)]
-    check(len(feed_ids) == len(PROJECTS), "one witlink.feed row per project (feeds %s)" % feed_ids)
-    log("every feed has one owner, named in witlink.feed: %s" % instances.describe(owner))
+    sim, insts, sampler, owner, t_ready, feed_ids = instances.start_three(
+        ctx, pg, 6606, EVENTS, PROJECTS, BATCH, INTERVAL)
 
     appender = instances.Appender(sim, count=25, every=0.25)
     ctx.stack.callback(appender.halt)

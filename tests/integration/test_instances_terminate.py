@@ -131,20 +131,8 @@ def forged_apply(pg, feed_id):
 def main(ctx):
     harness.require_daemon()
     pg = ctx.pg(settings={"log_statement": "'all'"})
-    sim = ctx.simulator(seed=7707, events=EVENTS, projects=PROJECTS, batch_size=BATCH,
-                        extra_args=["--latency", "0.03"])
-    src = [harness.Source.for_simulator(sim, name="fabrikam", projects=PROJECTS)]
-    insts = [instances.Instance(ctx, n, pg, src, poll_interval="%ds" % INTERVAL) for n in "abc"]
-    sampler = instances.LockSampler(pg, interval=0.05)
-    ctx.stack.callback(sampler.stop)
-    sampler.start()
-    for inst in insts:
-        inst.daemon.start()
-    owner = instances.wait_owners(pg, insts, len(PROJECTS), 20)
-    t_ready = time.monotonic()
-    feed_ids = [f["feed_id"] for f in harness.feeds(pg)]
-    check(len(feed_ids) == len(PROJECTS), "one witlink.feed row per project (feeds %s)" % feed_ids)
-    log("every feed has one owner, named in witlink.feed: %s" % instances.describe(owner))
+    sim, insts, sampler, owner, t_ready, feed_ids = instances.start_three(
+        ctx, pg, 7707, EVENTS, PROJECTS, BATCH, INTERVAL)
     pg.psql(AUDIT)
     apps = {i.app for i in insts}
     windows, gone = [], []
