@@ -473,55 +473,58 @@ def event_rows(ds):
 
 
 # The hand-written statements of the "sql" formulation: witlink.apply_batch() (as of
-# src/sql/001-initial.sql with the state ordered by changed_date, event_id) without PL/pgSQL,
-# the FOR UPDATE of the feed row and the ownership check through pg_locks.
-SQL_APPLY = """WITH ins AS (
-    INSERT INTO witlink.work_item_link_event AS e
-        (organization, feed_id, link_type_reference_name, link_type, source_work_item_id,
-         target_work_item_id, changed_date, changed_operation, is_active_reported, changed_by_id,
-         changed_by, changed_by_display_name, comment, source_project_id, target_project_id)
-    SELECT 'fabrikam', :feed_id, s.rel, s.link_type, s.source_id, s.target_id, s.changed_date,
-           s.op, s.is_active_reported, s.changed_by_id, s.changed_by, s.changed_by_display_name,
-           s.comment, s.source_project_id, s.target_project_id
-      FROM pg_temp.witlink_stage s ORDER BY s.seq
-    ON CONFLICT ON CONSTRAINT work_item_link_event_change DO NOTHING
+# src/sql/003-narrow-keys.sql) without PL/pgSQL, the FOR UPDATE of the feed row and the
+# ownership check through pg_locks.
+SQL_KINDS = """INSERT INTO witlink.link_kind (organization, link_type_reference_name)
+SELECT DISTINCT 'fabrikam', s.rel FROM pg_temp.witlink_stage s
+ WHERE NOT EXISTS (SELECT 1 FROM witlink.link_kind k
+                    WHERE k.organization = 'fabrikam' AND k.link_type_reference_name = s.rel)
+ON CONFLICT ON CONSTRAINT link_kind_name DO NOTHING;
+"""
+SQL_INSERT_EVENTS = """INSERT INTO witlink.link_event AS e
+    (changed_date, feed_id, source_work_item_id, target_work_item_id, kind_id, is_create,
+     is_active_reported, source_project_id, target_project_id, link_type, changed_by_id,
+     changed_by, changed_by_display_name, comment)
+SELECT s.changed_date, :feed_id, s.source_id, s.target_id, k.kind_id, s.op = 'create',
+       s.is_active_reported, s.source_project_id, s.target_project_id, s.link_type,
+       s.changed_by_id, s.changed_by, s.changed_by_display_name, s.comment
+  FROM pg_temp.witlink_stage s
+  JOIN witlink.link_kind k ON k.organization = 'fabrikam' AND k.link_type_reference_name = s.rel
+ ORDER BY s.seq
+ON CONFLICT ON CONSTRAINT link_event_change DO NOTHING"""
+SQL_APPLY = SQL_KINDS + "WITH ins AS (\n" + SQL_INSERT_EVENTS + """
     RETURNING e.*
 ), last AS (
-    SELECT DISTINCT ON (link_type_reference_name, source_work_item_id, target_work_item_id) *
-      FROM ins ORDER BY link_type_reference_name, source_work_item_id, target_work_item_id,
+    SELECT DISTINCT ON (kind_id, source_work_item_id, target_work_item_id) *
+      FROM ins ORDER BY kind_id, source_work_item_id, target_work_item_id,
                         changed_date DESC, event_id DESC
 ), last_create AS (
-    SELECT DISTINCT ON (link_type_reference_name, source_work_item_id, target_work_item_id)
-           link_type_reference_name, source_work_item_id, target_work_item_id, changed_date,
-           changed_by
-      FROM ins WHERE changed_operation = 'create'
-     ORDER BY link_type_reference_name, source_work_item_id, target_work_item_id,
-              changed_date DESC, event_id DESC
+    SELECT DISTINCT ON (kind_id, source_work_item_id, target_work_item_id)
+           kind_id, source_work_item_id, target_work_item_id, changed_date, changed_by
+      FROM ins WHERE is_create
+     ORDER BY kind_id, source_work_item_id, target_work_item_id, changed_date DESC,
+              event_id DESC
 ), upsert AS (
-    INSERT INTO witlink.work_item_link AS w
-        (organization, link_type_reference_name, source_work_item_id, target_work_item_id,
-         is_active, link_type, source_project_id, target_project_id, comment, created_date,
-         created_by, deleted_date, deleted_by, changed_date, changed_by, last_event_id, updated_at)
-    SELECT l.organization, l.link_type_reference_name, l.source_work_item_id,
-           l.target_work_item_id, l.changed_operation = 'create', l.link_type,
-           l.source_project_id, l.target_project_id, l.comment, c.changed_date, c.changed_by,
-           CASE WHEN l.changed_operation = 'remove' THEN l.changed_date END,
-           CASE WHEN l.changed_operation = 'remove' THEN l.changed_by END,
-           l.changed_date, l.changed_by, l.event_id, now()
-      FROM last l LEFT JOIN last_create c
-           USING (link_type_reference_name, source_work_item_id, target_work_item_id)
-    ON CONFLICT (organization, link_type_reference_name, source_work_item_id,
-                 target_work_item_id) DO UPDATE SET
-        is_active = EXCLUDED.is_active, link_type = EXCLUDED.link_type,
-        source_project_id = EXCLUDED.source_project_id,
-        target_project_id = EXCLUDED.target_project_id, comment = EXCLUDED.comment,
+    INSERT INTO witlink.link_state AS w
+        (source_work_item_id, target_work_item_id, kind_id, is_active, changed_date,
+         last_event_id, updated_at, created_date, deleted_date, source_project_id,
+         target_project_id, link_type, created_by, deleted_by, changed_by, comment)
+    SELECT l.source_work_item_id, l.target_work_item_id, l.kind_id, l.is_create, l.changed_date,
+           l.event_id, now(), c.changed_date, CASE WHEN NOT l.is_create THEN l.changed_date END,
+           l.source_project_id, l.target_project_id, l.link_type, c.changed_by,
+           CASE WHEN NOT l.is_create THEN l.changed_by END, l.changed_by, l.comment
+      FROM last l LEFT JOIN last_create c USING (kind_id, source_work_item_id, target_work_item_id)
+    ON CONFLICT ON CONSTRAINT link_state_pkey DO UPDATE SET
+        is_active = EXCLUDED.is_active, changed_date = EXCLUDED.changed_date,
+        last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at,
         created_date = CASE WHEN EXCLUDED.created_date IS NOT NULL
                             THEN EXCLUDED.created_date ELSE w.created_date END,
         created_by = CASE WHEN EXCLUDED.created_date IS NOT NULL
                           THEN EXCLUDED.created_by ELSE w.created_by END,
         deleted_date = EXCLUDED.deleted_date, deleted_by = EXCLUDED.deleted_by,
-        changed_date = EXCLUDED.changed_date, changed_by = EXCLUDED.changed_by,
-        last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
+        source_project_id = EXCLUDED.source_project_id,
+        target_project_id = EXCLUDED.target_project_id, link_type = EXCLUDED.link_type,
+        changed_by = EXCLUDED.changed_by, comment = EXCLUDED.comment
     WHERE w.changed_date <= EXCLUDED.changed_date
 )
 SELECT count(*) FROM ins;
@@ -532,23 +535,25 @@ UPDATE witlink.feed SET continuation_token = '%(token)s', caught_up = %(last)s,
 NOTIFY witlink, '%(feed)s';
 """
 
-SQL_EVENTS_ONLY = """INSERT INTO witlink.work_item_link_event AS e
-    (organization, feed_id, link_type_reference_name, link_type, source_work_item_id,
-     target_work_item_id, changed_date, changed_operation, is_active_reported, changed_by_id,
-     changed_by, changed_by_display_name, comment, source_project_id, target_project_id)
-SELECT 'fabrikam', :feed_id, s.rel, s.link_type, s.source_id, s.target_id, s.changed_date, s.op,
-       s.is_active_reported, s.changed_by_id, s.changed_by, s.changed_by_display_name, s.comment,
-       s.source_project_id, s.target_project_id
-  FROM pg_temp.witlink_stage s ORDER BY s.seq
-ON CONFLICT ON CONSTRAINT work_item_link_event_change DO NOTHING;
-"""
+SQL_EVENTS_ONLY = SQL_KINDS + SQL_INSERT_EVENTS + ";\n"
 
 APPLY_BATCH = "SELECT witlink.apply_batch(:feed_id, '%(token)s', %(last)s, %(n)d);\n"
+
+
+def schema_before(version):
+    """SQL that puts a migrated template back to the given schema version (the migrations of
+    src/sql up to it, on an empty schema): what-ifs of earlier write paths."""
+    files = sorted(f for f in os.listdir(os.path.join(REPO_DIR, "src", "sql"))
+                   if re.match(r"\d+-.*\.sql$", f) and int(f[:3]) <= version)
+    return ("DROP SCHEMA witlink CASCADE; CREATE SCHEMA witlink;\n"
+            + "".join(open(os.path.join(REPO_DIR, "src", "sql", f), encoding="utf-8").read()
+                      + "\n" for f in files))
+
 
 # name -> (per-batch statements after the COPY, kind, what it is, SQL run first (not timed)).
 # kind "limit": the whole work on witlinkd's schema, a candidate for the limit; "part": a part of
 # the work (where PostgreSQL's time goes); "what-if": the daemon's SQL on a changed schema
-# (suggestions for src/sql, measured).
+# (suggestions for src/sql, or the schema of an earlier version, measured).
 FORMULATIONS = {
     "apply_batch": (APPLY_BATCH, "limit",
                     "COPY + SELECT witlink.apply_batch() (the daemon's SQL, from psql)", None),
@@ -558,90 +563,24 @@ FORMULATIONS = {
     "copy+events": (SQL_EVENTS_ONLY, "part",
                     "part: COPY + INSERT events ON CONFLICT DO NOTHING (no state, no feed)", None),
     "copy-only": ("", "part", "part: COPY into the staging table and COMMIT", None),
-    "whatif-fillfactor": (APPLY_BATCH, "what-if",
-                          "what-if: apply_batch with work_item_link at fillfactor 85 (HOT updates)",
-                          "ALTER TABLE witlink.work_item_link SET (fillfactor = 85);"),
-    "whatif-lz4": (APPLY_BATCH, "what-if",
-                   "what-if: apply_batch with lz4 instead of pglz for the comment columns",
-                   "ALTER TABLE witlink.work_item_link_event ALTER COLUMN comment "
-                   "SET COMPRESSION lz4; ALTER TABLE witlink.work_item_link ALTER COLUMN comment "
-                   "SET COMPRESSION lz4;"),
+    "whatif-schema2": (APPLY_BATCH, "what-if",
+                       "what-if: apply_batch on schema version 2 (text keys with the "
+                       "organization and link type, state at fillfactor 100, pglz)",
+                       schema_before(2)),
     "whatif-datekey": (APPLY_BATCH, "what-if",
                        "what-if: apply_batch with the event identity index led by changed_date "
                        "(inserts land near the right edge)",
-                       "ALTER TABLE witlink.work_item_link_event DROP CONSTRAINT "
-                       "work_item_link_event_change, ADD CONSTRAINT work_item_link_event_change "
-                       "UNIQUE (changed_date, source_work_item_id, target_work_item_id, "
-                       "link_type_reference_name, changed_operation, organization);"),
+                       "ALTER TABLE witlink.link_event DROP CONSTRAINT link_event_change, "
+                       "ADD CONSTRAINT link_event_change UNIQUE (changed_date, "
+                       "source_work_item_id, target_work_item_id, kind_id, is_create);"),
+    "whatif-notarget": (APPLY_BATCH, "what-if",
+                        "what-if: apply_batch without the state's index on the target work item "
+                        "(what that reporting index costs the write path)",
+                        "DROP INDEX witlink.link_state_target_idx;"),
 }
-SQL_MERGE = """CREATE TEMP TABLE IF NOT EXISTS witlink_ins (LIKE witlink.work_item_link_event)
-    ON COMMIT DELETE ROWS;
-WITH ins AS (
-    INSERT INTO witlink.work_item_link_event AS e
-        (organization, feed_id, link_type_reference_name, link_type, source_work_item_id,
-         target_work_item_id, changed_date, changed_operation, is_active_reported, changed_by_id,
-         changed_by, changed_by_display_name, comment, source_project_id, target_project_id)
-    SELECT 'fabrikam', :feed_id, s.rel, s.link_type, s.source_id, s.target_id, s.changed_date,
-           s.op, s.is_active_reported, s.changed_by_id, s.changed_by, s.changed_by_display_name,
-           s.comment, s.source_project_id, s.target_project_id
-      FROM pg_temp.witlink_stage s ORDER BY s.seq
-    ON CONFLICT ON CONSTRAINT work_item_link_event_change DO NOTHING
-    RETURNING e.*
-)
-INSERT INTO pg_temp.witlink_ins SELECT * FROM ins;
-MERGE INTO witlink.work_item_link AS w
-USING (
-    SELECT l.*, c.changed_date AS c_date, c.changed_by AS c_by
-      FROM (SELECT DISTINCT ON (link_type_reference_name, source_work_item_id,
-                                target_work_item_id) *
-              FROM pg_temp.witlink_ins
-             ORDER BY link_type_reference_name, source_work_item_id, target_work_item_id,
-                      changed_date DESC, event_id DESC) l
-      LEFT JOIN (SELECT DISTINCT ON (link_type_reference_name, source_work_item_id,
-                                     target_work_item_id)
-                        link_type_reference_name, source_work_item_id, target_work_item_id,
-                        changed_date, changed_by
-                   FROM pg_temp.witlink_ins WHERE changed_operation = 'create'
-                  ORDER BY link_type_reference_name, source_work_item_id, target_work_item_id,
-                           changed_date DESC, event_id DESC) c
-           USING (link_type_reference_name, source_work_item_id, target_work_item_id)
-) AS l
-ON w.organization = l.organization AND w.link_type_reference_name = l.link_type_reference_name
-   AND w.source_work_item_id = l.source_work_item_id
-   AND w.target_work_item_id = l.target_work_item_id
-WHEN MATCHED AND w.changed_date <= l.changed_date THEN UPDATE SET
-    is_active = l.changed_operation = 'create', link_type = l.link_type,
-    source_project_id = l.source_project_id, target_project_id = l.target_project_id,
-    comment = l.comment, created_date = coalesce(l.c_date, w.created_date),
-    created_by = CASE WHEN l.c_date IS NOT NULL THEN l.c_by ELSE w.created_by END,
-    deleted_date = CASE WHEN l.changed_operation = 'remove' THEN l.changed_date END,
-    deleted_by = CASE WHEN l.changed_operation = 'remove' THEN l.changed_by END,
-    changed_date = l.changed_date, changed_by = l.changed_by, last_event_id = l.event_id,
-    updated_at = now()
-WHEN NOT MATCHED THEN INSERT
-    (organization, link_type_reference_name, source_work_item_id, target_work_item_id,
-     is_active, link_type, source_project_id, target_project_id, comment, created_date,
-     created_by, deleted_date, deleted_by, changed_date, changed_by, last_event_id, updated_at)
-    VALUES (l.organization, l.link_type_reference_name, l.source_work_item_id,
-            l.target_work_item_id, l.changed_operation = 'create', l.link_type,
-            l.source_project_id, l.target_project_id, l.comment, l.c_date, l.c_by,
-            CASE WHEN l.changed_operation = 'remove' THEN l.changed_date END,
-            CASE WHEN l.changed_operation = 'remove' THEN l.changed_by END,
-            l.changed_date, l.changed_by, l.event_id, now());
-UPDATE witlink.feed SET continuation_token = '%(token)s', caught_up = %(last)s,
-       last_success_at = now(), last_batch_at = now(), events_total = events_total + %(n)d,
-       batches_total = batches_total + 1, last_error = NULL, last_error_at = NULL
- WHERE feed_id = :feed_id;
-NOTIFY witlink, '%(feed)s';
-"""
-FORMULATIONS["whatif-merge"] = (
-    SQL_MERGE, "what-if",
-    "what-if: the state written with MERGE from a temporary table of the new events instead "
-    "of INSERT … ON CONFLICT DO UPDATE (not safe against a concurrent insert of the same link "
-    "by another session: that one would fail with a unique violation)", None)
 
-DEFAULT_FORMULATIONS = ["apply_batch", "sql", "copy+events", "copy-only", "whatif-fillfactor",
-                        "whatif-lz4", "whatif-datekey"]
+DEFAULT_FORMULATIONS = ["apply_batch", "sql", "copy+events", "copy-only", "whatif-schema2",
+                        "whatif-datekey", "whatif-notarget"]
 
 
 def script_key(name):

@@ -111,9 +111,11 @@ BEGIN
 END $$;
 CREATE TRIGGER zz_test_audit AFTER INSERT OR UPDATE ON witlink.feed
     FOR EACH ROW EXECUTE FUNCTION public.test_audit_row();
-CREATE TRIGGER zz_test_audit AFTER INSERT OR UPDATE OR DELETE ON witlink.work_item_link_event
+CREATE TRIGGER zz_test_audit AFTER INSERT OR UPDATE OR DELETE ON witlink.link_event
     FOR EACH STATEMENT EXECUTE FUNCTION public.test_audit_statement();
-CREATE TRIGGER zz_test_audit AFTER INSERT OR UPDATE OR DELETE ON witlink.work_item_link
+CREATE TRIGGER zz_test_audit AFTER INSERT OR UPDATE OR DELETE ON witlink.link_state
+    FOR EACH STATEMENT EXECUTE FUNCTION public.test_audit_statement();
+CREATE TRIGGER zz_test_audit AFTER INSERT OR UPDATE OR DELETE ON witlink.link_kind
     FOR EACH STATEMENT EXECUTE FUNCTION public.test_audit_statement();
 """
 

@@ -293,8 +293,8 @@ def main(ctx):
                    poll_interval="1h")
     rc, out, err = d.run_once(timeout=90)
     check(rc == 0, "witlinkd --once exits 0 (got %s)" % rc)
-    check(pg.scalar("select max(version) from witlink.schema_version") == "2",
-          "schema version 2 (the reporting layer) is applied")
+    check(pg.scalar("select max(version) from witlink.schema_version") == "3",
+          "schema version 3 (the reporting layer on narrow keys) is applied")
 
     now_s = int(float(pg.scalar("select extract(epoch from now())")))
     batches, tie_s = synth_events(now_s)

@@ -3,7 +3,7 @@
 """The reporting layer's query plans on a big warehouse (200,000 links and 350,000 events made
 with generate_series; WITLINK_TEST_LINKS=1000000 for the size docs/REPORTING.md quotes): the
 tree walks, hierarchy look-ups, links_as_of() and the time-window recipes use the indexes of
-schema version 2 and never read a whole table per level or per link. EXPLAIN (FORMAT JSON)
+schema version 3 and never read a whole table per level or per link. EXPLAIN (FORMAT JSON)
 is checked node by node; the timings are printed."""
 
 import json
@@ -43,31 +43,33 @@ CREATE TEMP TABLE ev AS
 SELECT i, rel, src, tgt, t0 AS cd, 'create' AS op FROM k
 UNION ALL SELECT i, rel, src, tgt, t0 + (i %% 97 + 1) * interval '1 day', 'remove' FROM k WHERE i %% 2 = 0
 UNION ALL SELECT i, rel, src, tgt, t0 + (i %% 97 + 2) * interval '1 day', 'create' FROM k WHERE i %% 4 = 0;
-INSERT INTO witlink.work_item_link_event (organization, feed_id, link_type_reference_name, link_type,
-  source_work_item_id, target_work_item_id, changed_date, changed_operation, is_active_reported,
-  changed_by, comment, source_project_id, target_project_id)
-SELECT 'big', (SELECT feed_id FROM witlink.feed WHERE organization = 'big'), rel,
+INSERT INTO witlink.link_kind (organization, link_type_reference_name)
+SELECT DISTINCT 'big', rel FROM k ORDER BY 2;
+INSERT INTO witlink.link_event (feed_id, kind_id, link_type, source_work_item_id,
+  target_work_item_id, changed_date, is_create, is_active_reported, changed_by, comment,
+  source_project_id, target_project_id)
+SELECT (SELECT feed_id FROM witlink.feed WHERE organization = 'big'), kk.kind_id,
   CASE WHEN rel = 'System.LinkTypes.Related' THEN rel ELSE rel || '-Forward' END,
-  src, tgt, cd, op, op = 'create', 'user' || (i %% 20) || '@example.com', '',
+  src, tgt, cd, op = 'create', op = 'create', 'user' || (i %% 20) || '@example.com', '',
   ('00000000-0000-4000-8000-00000000000' || (src %% 3))::uuid,
   ('00000000-0000-4000-8000-00000000000' || (tgt %% 3))::uuid
-FROM ev ORDER BY cd, i;
-INSERT INTO witlink.work_item_link (organization, link_type_reference_name, source_work_item_id,
-  target_work_item_id, is_active, link_type, source_project_id, target_project_id, comment,
-  created_date, created_by, deleted_date, deleted_by, changed_date, changed_by, last_event_id)
-SELECT DISTINCT ON (link_type_reference_name, source_work_item_id, target_work_item_id)
-  organization, link_type_reference_name, source_work_item_id, target_work_item_id,
-  changed_operation = 'create', link_type, source_project_id, target_project_id, comment,
-  CASE WHEN changed_operation = 'create' THEN changed_date END,
-  CASE WHEN changed_operation = 'create' THEN changed_by END,
-  CASE WHEN changed_operation = 'remove' THEN changed_date END,
-  CASE WHEN changed_operation = 'remove' THEN changed_by END,
+FROM ev JOIN witlink.link_kind kk ON kk.organization = 'big' AND kk.link_type_reference_name = rel
+ORDER BY cd, i;
+INSERT INTO witlink.link_state (kind_id, source_work_item_id, target_work_item_id, is_active,
+  link_type, source_project_id, target_project_id, comment, created_date, created_by,
+  deleted_date, deleted_by, changed_date, changed_by, last_event_id)
+SELECT DISTINCT ON (kind_id, source_work_item_id, target_work_item_id)
+  kind_id, source_work_item_id, target_work_item_id, is_create, link_type, source_project_id,
+  target_project_id, comment,
+  CASE WHEN is_create THEN changed_date END, CASE WHEN is_create THEN changed_by END,
+  CASE WHEN NOT is_create THEN changed_date END, CASE WHEN NOT is_create THEN changed_by END,
   changed_date, changed_by, event_id
-FROM witlink.work_item_link_event WHERE organization = 'big'
-ORDER BY link_type_reference_name, source_work_item_id, target_work_item_id, changed_date DESC,
-         event_id DESC;
-VACUUM ANALYZE witlink.work_item_link;
-VACUUM ANALYZE witlink.work_item_link_event;
+FROM witlink.link_event
+WHERE kind_id IN (SELECT kind_id FROM witlink.link_kind WHERE organization = 'big')
+ORDER BY kind_id, source_work_item_id, target_work_item_id, changed_date DESC, event_id DESC;
+VACUUM ANALYZE witlink.link_kind;
+VACUUM ANALYZE witlink.link_state;
+VACUUM ANALYZE witlink.link_event;
 """
 
 
@@ -125,10 +127,10 @@ def main(ctx):
         return ms
 
     def index_only_on_link(ns):
-        bad = [n for n in scans(ns, "work_item_link") if n["Node Type"] == "Seq Scan"]
+        bad = [n for n in scans(ns, "link_state") if n["Node Type"] == "Seq Scan"]
         hj = [n for n in ns if n["Node Type"] in ("Hash Join", "Merge Join")]
-        return (not bad and not hj and scans(ns, "work_item_link"),
-                "index scans of work_item_link only, no hash or merge join")
+        return (not bad and not hj and scans(ns, "link_state"),
+                "index scans of link_state only, no hash or merge join")
 
     check_plan("descendants('big', %d) (the whole tree below a root)" % root,
                "SELECT * FROM witlink.descendants('big', %d)" % root, index_only_on_link)
@@ -142,9 +144,9 @@ def main(ctx):
                "AND child_id = 777", index_only_on_link)
 
     def as_of_ok(ns):
-        ev = scans(ns, "work_item_link_event")
+        ev = scans(ns, "link_event")
         sorts = [n for n in ns if n["Node Type"] == "Sort" and n.get("Actual Rows", 0) > 1000]
-        return (ev and all(n["Node Type"] == "Index Scan" and n["Index Name"] == "work_item_link_event_change"
+        return (ev and all(n["Node Type"] == "Index Scan" and n["Index Name"] == "link_event_change"
                            for n in ev) and not sorts,
                 "the log is only probed through its unique index, nothing big is sorted")
 
@@ -160,9 +162,9 @@ def main(ctx):
         return hits[0]
 
     def brin_ok(ns):
-        ev = scans(ns, "work_item_link_event")
+        ev = scans(ns, "link_event")
         seq = [n for n in ev if n["Node Type"] == "Seq Scan"]
-        brin = [n for n in ns if n.get("Index Name") == "work_item_link_event_changed_date_brin"]
+        brin = [n for n in ns if n.get("Index Name") == "link_event_changed_date_brin"]
         return (ev and not seq and brin, "the log is read through the BRIN index on changed_date, "
                 "no sequential scan of it")
 
@@ -174,7 +176,7 @@ def main(ctx):
     check_plan("recipe 'more than one parent'", recipe("more than one parent"),
                lambda ns: (True, "one pass over the hierarchy"))
     check_plan("feed_status", "SELECT * FROM witlink.feed_status",
-               lambda ns: (not scans(ns, "work_item_link_event") and not scans(ns, "work_item_link"),
+               lambda ns: (not scans(ns, "link_event") and not scans(ns, "link_state"),
                            "reads only witlink.feed and pg_locks"))
     harness.check_no_pg_errors(pg)
 
