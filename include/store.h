@@ -48,6 +48,7 @@ typedef struct FeedClaim {
 typedef void (*StoreRegisterFunc)(int r, const char *error, const FeedClaim *claim,
                                   void *userdata);
 typedef void (*StoreApplyFunc)(int r, const char *error, int64_t new_events, void *userdata);
+typedef void (*StoreSentFunc)(void *userdata);
 typedef void (*StoreStateFunc)(Store *s, StoreState old_state, StoreState new_state,
                                const char *error, void *userdata);
 
@@ -79,10 +80,14 @@ int store_register_feed(Store *s, const FeedIdentity *id, StoreRegisterFunc done
 int store_release_feed(Store *s, int64_t feed_id);
 
 /* One transaction: the batch's events (in COPY text form, see store_format_copy(); copy_data is
- * taken), the current state they lead to, the feed's new token and counters, NOTIFY witlink. */
+ * taken), the current state they lead to, the feed's new token and counters, NOTIFY witlink.
+ * sent (may be NULL) runs once every row is on the wire, while PostgreSQL applies them: from
+ * then on the session needs nothing from us until the result, so that is when to start work
+ * that keeps the event loop busy (fetching and parsing the next batch). done runs with the
+ * result; neither runs after store_job_cancel(). */
 int store_apply_copy(Store *s, int64_t feed_id, char *copy_data, size_t copy_size,
-                     size_t n_events, const char *token, bool caught_up, StoreApplyFunc done,
-                     void *userdata, StoreJob **ret);
+                     size_t n_events, const char *token, bool caught_up, StoreSentFunc sent,
+                     StoreApplyFunc done, void *userdata, StoreJob **ret);
 
 /* Records a feed's last error (NULL clears it) if this session owns the feed; nobody waits. */
 int store_record_error(Store *s, int64_t feed_id, const char *message);

@@ -668,7 +668,18 @@ static void on_applied(int r, const char *error, int64_t new_events, void *userd
         feed_fetch(f);
 }
 
-/* Hands a batch to the store and, unless it is the last, starts fetching the next one. */
+/* The batch's rows are all on the wire: fetch (and parse) the next batch while PostgreSQL
+ * applies this one. Not earlier: parsing keeps the event loop busy for milliseconds, and
+ * PostgreSQL would wait that long for the rest of the COPY data. */
+static void on_sent(void *userdata) {
+        Feed *f = userdata;
+
+        if (f->deferred_kind == FEED_FAILURE_NONE)
+                feed_fetch(f);
+}
+
+/* Hands a batch to the store; unless it is the last, the next one is fetched once this one's
+ * rows are sent (on_sent()). */
 static void feed_submit(Feed *f, char *copy, size_t size, size_t n_events, char *token,
                         bool last) {
         int r;
@@ -677,16 +688,14 @@ static void feed_submit(Feed *f, char *copy, size_t size, size_t n_events, char 
         f->pending_token = token;
         f->pending_last = last;
         f->pending_events = n_events;
-        r = store_apply_copy(f->ctx->store, f->id, copy, size, n_events, token, last, on_applied,
-                             f, &f->job);
+        r = store_apply_copy(f->ctx->store, f->id, copy, size, n_events, token, last,
+                             last ? NULL : on_sent, on_applied, f, &f->job);
         if (r < 0) {
                 f->pending_token = mfree(f->pending_token);
                 feed_fail(f, FEED_FAILURE_TRANSIENT, 0, "Out of memory queueing a batch");
                 return;
         }
         feed_update_busy_state(f);
-        if (!last)
-                feed_fetch(f);
 }
 
 static bool is_html(const HttpResponse *resp) {

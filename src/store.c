@@ -73,6 +73,7 @@ struct StoreJob {
 
         StoreRegisterFunc on_register;
         StoreApplyFunc on_apply;
+        StoreSentFunc on_sent;
         void *userdata;
 };
 
@@ -399,8 +400,8 @@ int store_register_feed(Store *s, const FeedIdentity *id, StoreRegisterFunc done
 }
 
 int store_apply_copy(Store *s, int64_t feed_id, char *copy_data, size_t copy_size,
-                     size_t n_events, const char *token, bool caught_up, StoreApplyFunc done,
-                     void *userdata, StoreJob **ret) {
+                     size_t n_events, const char *token, bool caught_up, StoreSentFunc sent,
+                     StoreApplyFunc done, void *userdata, StoreJob **ret) {
         StoreJob *j = job_new(JOB_APPLY);
 
         if (!j) {
@@ -418,6 +419,7 @@ int store_apply_copy(Store *s, int64_t feed_id, char *copy_data, size_t copy_siz
                 return -ENOMEM;
         }
         j->on_apply = done;
+        j->on_sent = sent;
         j->userdata = userdata;
         store_enqueue(s, j, false);
         if (ret)
@@ -942,6 +944,13 @@ static void store_pump(Store *s) {
                 if (r > 0 || j->copy_state == COPY_SENDING) {
                         (void) store_watch(s, EPOLLIN | EPOLLOUT);
                         return;
+                }
+                if (j->copy_state == COPY_DONE && j->on_sent) {
+                        StoreSentFunc sent = j->on_sent;
+
+                        j->on_sent = NULL;
+                        if (!j->cancelled)
+                                sent(j->userdata);
                 }
 
                 bool next_job = false;
