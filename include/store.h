@@ -84,10 +84,11 @@ int store_release_feed(Store *s, int64_t feed_id);
  * sent (may be NULL) runs once every row is on the wire, while PostgreSQL applies them: from
  * then on the session needs nothing from us until the result, so that is when to start work
  * that keeps the event loop busy (fetching and parsing the next batch). done runs with the
- * result; neither runs after store_job_cancel(). */
+ * result; neither runs after store_job_cancel(). fresh: none of the events is expected to be
+ * stored already (witlink.apply_batch()'s p_fresh: a faster insert, the same outcome). */
 int store_apply_copy(Store *s, int64_t feed_id, char *copy_data, size_t copy_size,
-                     size_t n_events, const char *token, bool caught_up, StoreSentFunc sent,
-                     StoreApplyFunc done, void *userdata, StoreJob **ret);
+                     size_t n_events, const char *token, bool caught_up, bool fresh,
+                     StoreSentFunc sent, StoreApplyFunc done, void *userdata, StoreJob **ret);
 
 /* Records a feed's last error (NULL clears it) if this session owns the feed; nobody waits. */
 int store_record_error(Store *s, int64_t feed_id, const char *message);

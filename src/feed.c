@@ -56,6 +56,7 @@ struct Feed {
         char *pending_token; /* the token the batch being stored will commit */
         bool pending_last;
         size_t pending_events;
+        bool saw_duplicates; /* the last committed batch held events stored already */
 
         /* The next batch, fetched while the previous one is stored, in COPY text form. */
         char *held_copy;
@@ -608,6 +609,9 @@ static void on_applied(int r, const char *error, int64_t new_events, void *userd
         free(f->token);
         f->token = TAKE_PTR(f->pending_token);
         f->events_applied += f->pending_events;
+        /* Project feeds share cross-project links: while batches bring events stored already,
+         * apply_batch() is told to expect them. */
+        f->saw_duplicates = new_events < (int64_t) f->pending_events;
         /* A commit is progress: a failure after it starts the backoff afresh. */
         f->failures = 0;
         f->backoff_usec = 0;
@@ -689,7 +693,7 @@ static void feed_submit(Feed *f, char *copy, size_t size, size_t n_events, char 
         f->pending_last = last;
         f->pending_events = n_events;
         r = store_apply_copy(f->ctx->store, f->id, copy, size, n_events, token, last,
-                             last ? NULL : on_sent, on_applied, f, &f->job);
+                             !f->saw_duplicates, last ? NULL : on_sent, on_applied, f, &f->job);
         if (r < 0) {
                 f->pending_token = mfree(f->pending_token);
                 feed_fail(f, FEED_FAILURE_TRANSIENT, 0, "Out of memory queueing a batch");

@@ -55,6 +55,7 @@ struct StoreJob {
         int64_t feed_id;
         char *token;
         bool caught_up;
+        bool fresh;
         size_t n_events;
         char *copy_data;
         size_t copy_size, copy_sent;
@@ -400,8 +401,8 @@ int store_register_feed(Store *s, const FeedIdentity *id, StoreRegisterFunc done
 }
 
 int store_apply_copy(Store *s, int64_t feed_id, char *copy_data, size_t copy_size,
-                     size_t n_events, const char *token, bool caught_up, StoreSentFunc sent,
-                     StoreApplyFunc done, void *userdata, StoreJob **ret) {
+                     size_t n_events, const char *token, bool caught_up, bool fresh,
+                     StoreSentFunc sent, StoreApplyFunc done, void *userdata, StoreJob **ret) {
         StoreJob *j = job_new(JOB_APPLY);
 
         if (!j) {
@@ -412,6 +413,7 @@ int store_apply_copy(Store *s, int64_t feed_id, char *copy_data, size_t copy_siz
         j->copy_size = copy_size;
         j->feed_id = feed_id;
         j->caught_up = caught_up;
+        j->fresh = fresh;
         j->n_events = n_events;
         j->token = token ? strdup(token) : NULL;
         if (token && !j->token) {
@@ -703,10 +705,11 @@ static int job_send(Store *s, StoreJob *j) {
                 if (asprintf(&sql,
                              "BEGIN;"
                              "COPY pg_temp.witlink_stage (%s) FROM STDIN;"
-                             "SELECT witlink.apply_batch(%" PRIi64 ", %s, %s, %zu);"
+                             "SELECT witlink.apply_batch(%" PRIi64 ", %s, %s, %zu, %s);"
                              "COMMIT;",
                              stage_columns, j->feed_id, lit ?: "NULL",
-                             j->caught_up ? "true" : "false", j->n_events) < 0)
+                             j->caught_up ? "true" : "false", j->n_events,
+                             j->fresh ? "true" : "false") < 0)
                         sql = NULL;
                 PQfreemem(lit);
                 if (!sql)
