@@ -79,16 +79,25 @@ int store_register_feed(Store *s, const FeedIdentity *id, StoreRegisterFunc done
 /* Lets another instance take the feed; nobody waits for it. */
 int store_release_feed(Store *s, int64_t feed_id);
 
-/* One transaction: the batch's events (in COPY text form, see store_format_copy(); copy_data is
- * taken), the current state they lead to, the feed's new token and counters, NOTIFY witlink.
- * sent (may be NULL) runs once every row is on the wire, while PostgreSQL applies them: from
- * then on the session needs nothing from us until the result, so that is when to start work
- * that keeps the event loop busy (fetching and parsing the next batch). done runs with the
- * result; neither runs after store_job_cancel(). fresh: none of the events is expected to be
- * stored already (witlink.apply_batch()'s p_fresh: a faster insert, the same outcome). */
-int store_apply_copy(Store *s, int64_t feed_id, char *copy_data, size_t copy_size,
-                     size_t n_events, const char *token, bool caught_up, bool fresh,
-                     StoreSentFunc sent, StoreApplyFunc done, void *userdata, StoreJob **ret);
+/* A batch for store_apply_copy(). */
+typedef struct StoreBatch {
+        int64_t feed_id;
+        char *copy_data; /* its events in COPY text form (store_format_copy()); taken */
+        size_t copy_size;
+        size_t n_events;
+        const char *token; /* the feed's position after it (copied); NULL: the start */
+        bool caught_up;    /* the server's isLastBatch */
+        bool fresh;        /* none of the events is expected to be stored already
+                            * (witlink.apply_batch()'s p_fresh: a faster insert, same outcome) */
+} StoreBatch;
+
+/* One transaction: the batch's events, the current state they lead to, the feed's new token
+ * and counters, NOTIFY witlink. sent (may be NULL) runs once every row is on the wire, while
+ * PostgreSQL applies them: from then on the session needs nothing from us until the result, so
+ * that is when to start work that keeps the event loop busy (fetching and parsing the next
+ * batch). done runs with the result; neither runs after store_job_cancel(). */
+int store_apply_copy(Store *s, StoreBatch *b, StoreSentFunc sent, StoreApplyFunc done,
+                     void *userdata, StoreJob **ret);
 
 /* Records a feed's last error (NULL clears it) if this session owns the feed; nobody waits. */
 int store_record_error(Store *s, int64_t feed_id, const char *message);

@@ -692,8 +692,15 @@ static void feed_submit(Feed *f, char *copy, size_t size, size_t n_events, char 
         f->pending_token = token;
         f->pending_last = last;
         f->pending_events = n_events;
-        r = store_apply_copy(f->ctx->store, f->id, copy, size, n_events, token, last,
-                             !f->saw_duplicates, last ? NULL : on_sent, on_applied, f, &f->job);
+        r = store_apply_copy(f->ctx->store,
+                             &(StoreBatch){ .feed_id = f->id,
+                                            .copy_data = copy,
+                                            .copy_size = size,
+                                            .n_events = n_events,
+                                            .token = token,
+                                            .caught_up = last,
+                                            .fresh = !f->saw_duplicates },
+                             last ? NULL : on_sent, on_applied, f, &f->job);
         if (r < 0) {
                 f->pending_token = mfree(f->pending_token);
                 feed_fail(f, FEED_FAILURE_TRANSIENT, 0, "Out of memory queueing a batch");

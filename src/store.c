@@ -400,23 +400,22 @@ int store_register_feed(Store *s, const FeedIdentity *id, StoreRegisterFunc done
         return 0;
 }
 
-int store_apply_copy(Store *s, int64_t feed_id, char *copy_data, size_t copy_size,
-                     size_t n_events, const char *token, bool caught_up, bool fresh,
-                     StoreSentFunc sent, StoreApplyFunc done, void *userdata, StoreJob **ret) {
+int store_apply_copy(Store *s, StoreBatch *b, StoreSentFunc sent, StoreApplyFunc done,
+                     void *userdata, StoreJob **ret) {
         StoreJob *j = job_new(JOB_APPLY);
 
         if (!j) {
-                free(copy_data);
+                b->copy_data = mfree(b->copy_data);
                 return -ENOMEM;
         }
-        j->copy_data = copy_data;
-        j->copy_size = copy_size;
-        j->feed_id = feed_id;
-        j->caught_up = caught_up;
-        j->fresh = fresh;
-        j->n_events = n_events;
-        j->token = token ? strdup(token) : NULL;
-        if (token && !j->token) {
+        j->copy_data = TAKE_PTR(b->copy_data);
+        j->copy_size = b->copy_size;
+        j->feed_id = b->feed_id;
+        j->caught_up = b->caught_up;
+        j->fresh = b->fresh;
+        j->n_events = b->n_events;
+        j->token = b->token ? strdup(b->token) : NULL;
+        if (b->token && !j->token) {
                 job_free(j);
                 return -ENOMEM;
         }
