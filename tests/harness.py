@@ -10,6 +10,7 @@ import contextlib
 import glob
 import json
 import os
+import random
 import re
 import shlex
 import shutil
@@ -47,6 +48,15 @@ class Failure(AssertionError):
 def log(msg):
     sys.stdout.write("[%s] %s\n" % (time.strftime("%H:%M:%S"), msg))
     sys.stdout.flush()
+
+
+def random_seed(default=None):
+    """The seed of a randomized test: WITLINK_TEST_SEED, else default, else a fresh one; logged
+    so that a run can be repeated. Returns (seed, random.Random(seed))."""
+    seed = int(os.environ.get("WITLINK_TEST_SEED") or default or
+               random.SystemRandom().randrange(1 << 30))
+    log("random seed %d (set WITLINK_TEST_SEED to repeat)" % seed)
+    return seed, random.Random(seed)
 
 
 def check(cond, msg):

@@ -440,32 +440,30 @@ class Dataset:
                     k = self._new_link()
                     if k is None:
                         continue
-                    t, ds = self._advance((k,), live)
-                    self._state_create(k)
-                    self._emit(k, CREATE, t, ds)
-                    t, ds = self._advance((k,), live)
-                    self._state_remove(k)
-                    self._emit(k, REMOVE, t, ds)
+                    self._change(k, CREATE, live)
+                    self._change(k, REMOVE, live)
                 elif r < 0.38 and len(self.active):
-                    k = self.active.choice(rng)
-                    t, ds = self._advance((k,), live)
-                    self._state_remove(k)
-                    self._emit(k, REMOVE, t, ds)
+                    self._change(self.active.choice(rng), REMOVE, live)
                 elif r < 0.48 and len(self.removed):
                     k = self.removed.choice(rng)
                     if k[0] == HIERARCHY and k[2] in self.parent_of:
                         continue
-                    t, ds = self._advance((k,), live)
-                    self._state_create(k)
-                    self._emit(k, CREATE, t, ds)
+                    self._change(k, CREATE, live)
                 else:
                     k = self._new_link()
                     if k is None:
                         continue
-                    t, ds = self._advance((k,), live)
-                    self._state_create(k)
-                    self._emit(k, CREATE, t, ds)
+                    self._change(k, CREATE, live)
         return self.length
+
+    def _change(self, k, op, live):
+        """One change of one link: its date, the state, the event."""
+        t, ds = self._advance((k,), live)
+        if op == CREATE:
+            self._state_create(k)
+        else:
+            self._state_remove(k)
+        self._emit(k, op, t, ds)
 
     def _emit(self, k, op, t, ds, wrong=False):
         """Serialize and append one event. meta = (rel, src, tgt, changedDate, op, isActive sent,

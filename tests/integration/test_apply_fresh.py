@@ -8,7 +8,6 @@ always with p_fresh = false, one always with true: events, their order and the c
 must be equal, and the event ids show which path ran (a rolled-back attempt leaves a gap)."""
 
 import os
-import random
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -19,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_reporting import STAGE_DDL, sql_lit  # noqa: E402
 
 RELS = ["System.LinkTypes.Hierarchy", "System.LinkTypes.Related", "Custom.Blocks"]
+DUPLICATING = ("replay", "twice")   # the batch kinds that hold a duplicate
 
 
 def make_batches(rng):
@@ -91,7 +91,7 @@ def main(ctx):
     rc, _, _ = d.run_once(timeout=60)
     check(rc == 0, "witlinkd --once creates the schema")
 
-    batches, kinds = make_batches(random.Random(int(os.environ.get("WITLINK_TEST_SEED", "7"))))
+    batches, kinds = make_batches(harness.random_seed(default=7)[1])
     ids = {}
     for org, fresh in (("slow", False), ("fresh", True)):
         out = pg.psql(script(org, batches, fresh))
@@ -122,14 +122,14 @@ def main(ctx):
     fast_clean = retried = 0
     for i in range(1, len(kinds)):
         grew = {o: ids[o][i] - ids[o][i - 1] for o in ids}
-        dup = kinds[i] in ("replay", "twice")
+        dup = kinds[i] in DUPLICATING
         if not dup and grew["fresh"] == grew["slow"]:
             fast_clean += 1
         elif dup and grew["fresh"] > grew["slow"]:
             retried += 1
     log("batches without duplicates: %d took the fast path cleanly; batches with duplicates: "
         "%d rolled back and retried" % (fast_clean, retried))
-    n_dup = sum(1 for k in kinds[1:] if k in ("replay", "twice"))
+    n_dup = sum(1 for k in kinds[1:] if k in DUPLICATING)
     check(fast_clean == len(kinds) - 1 - n_dup,
           "every batch without a duplicate went in at once with p_fresh (no rolled-back attempt)")
     check(retried == n_dup,

@@ -9,7 +9,6 @@ within each daemon process no request before a Retry-After ran out. WITLINK_TEST
 run (the seed is printed)."""
 
 import os
-import random
 import signal
 import sys
 import time
@@ -55,9 +54,7 @@ def position(pg):
 
 def main(ctx):
     harness.require_daemon()
-    seed = int(os.environ.get("WITLINK_TEST_SEED") or random.SystemRandom().randrange(1 << 30))
-    rnd = random.Random(seed)
-    log("random seed %d (set WITLINK_TEST_SEED to repeat)" % seed)
+    seed, rnd = harness.random_seed()
     pg = ctx.pg()
     sim = ctx.simulator(seed=1313, events=EVENTS, batch_size=BATCH, extra_args=["--latency", "0.01"])
     evs = sim.events()

@@ -6,7 +6,6 @@ from that token; a final --once run ends equal to the truth with no duplicate an
 event.  WITLINK_TEST_SEED picks the random delays (printed for reproduction)."""
 
 import os
-import random
 import signal
 import sys
 import time
@@ -22,9 +21,7 @@ KILLS = 5
 
 def main(ctx):
     harness.require_daemon()
-    seed = int(os.environ.get("WITLINK_TEST_SEED") or random.SystemRandom().randrange(1 << 30))
-    rnd = random.Random(seed)
-    log("random seed %d (set WITLINK_TEST_SEED to repeat)" % seed)
+    seed, rnd = harness.random_seed()
     pg = ctx.pg()
     sim = ctx.simulator(seed=5505, events=EVENTS, batch_size=BATCH, extra_args=["--latency", "0.01"])
     evs = sim.events()

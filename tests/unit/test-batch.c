@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Unit tests of batch parsing: both record shapes, operations, validation errors, tokens. */
-#include "batch.h"
-#include "tests.h"
+#include "tests-batch.h"
 
 #define GUID_A "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
 #define GUID_B "6B29FC40-CA47-1067-B31D-00DD010662DA"
@@ -9,20 +8,6 @@
 #define FLAT_OK                                                                \
         "{\"rel\":\"System.LinkTypes.Hierarchy\",\"sourceId\":7,\"targetId\":8," \
         "\"changedDate\":\"2014-03-18T17:17:52.02Z\",\"isActive\":true}"
-
-static Batch *parse_ok(const char *body) {
-        Batch *b = NULL;
-        _cleanup_free_ char *err = NULL;
-        int r;
-
-        r = batch_parse(body, strlen(body), &b, &err);
-        if (r < 0)
-                fprintf(stderr, "batch_parse: %s\n", err ?: "(no message)");
-        ASSERT_OK(r);
-        ASSERT_NULL(err);
-        ASSERT_NOT_NULL(b);
-        return b;
-}
 
 static void check_bad_body_len(const char *what, const char *body, size_t len, const char *needle) {
         Batch *b = NULL;
@@ -54,7 +39,7 @@ static void test_flat(void) {
         _cleanup_(batch_freep) Batch *b = NULL;
         const LinkEvent *e;
 
-        b = parse_ok("{\"values\":[" FLAT_OK ","
+        b = tests_parse_batch("{\"values\":[" FLAT_OK ","
                      "{\"rel\":\"System.LinkTypes.Related\",\"sourceId\":9,\"targetId\":10,"
                      "\"changedDate\":\"2014-03-18T17:17:53Z\",\"isActive\":false}],"
                      "\"nextLink\":\"https://dev.azure.com/fabrikam/_apis/wit/reporting/"
@@ -92,7 +77,7 @@ static void test_nested(void) {
         _cleanup_(batch_freep) Batch *b = NULL;
         const LinkEvent *e;
 
-        b = parse_ok("{\"values\":[{\"rel\":\"System.LinkTypes.Hierarchy\",\"attributes\":{"
+        b = tests_parse_batch("{\"values\":[{\"rel\":\"System.LinkTypes.Hierarchy\",\"attributes\":{"
                      "\"linkType\":\"System.LinkTypes.Hierarchy-Forward\",\"sourceId\":28,"
                      "\"targetId\":58,\"isActive\":true,\"changedDate\":\"2024-11-09T14:28:13.133Z\","
                      "\"changedBy\":{\"id\":\"" GUID_A "\",\"displayName\":\"Ana\","
@@ -125,7 +110,7 @@ static void test_nested(void) {
 static void test_operation(void) {
         _cleanup_(batch_freep) Batch *b = NULL;
 
-        b = parse_ok("{\"values\":["
+        b = tests_parse_batch("{\"values\":["
                      /* changedOperation decides, even against isActive */
                      "{\"rel\":\"r\",\"attributes\":{\"sourceId\":1,\"targetId\":2,"
                      "\"changedDate\":\"2024-01-01T00:00:00Z\",\"isActive\":true,"
@@ -297,7 +282,7 @@ static void test_body_errors(void) {
 static void test_ids(void) {
         _cleanup_(batch_freep) Batch *b = NULL;
 
-        b = parse_ok("{\"values\":[{\"rel\":\"r\",\"sourceId\":2147483647,\"targetId\":1,"
+        b = tests_parse_batch("{\"values\":[{\"rel\":\"r\",\"sourceId\":2147483647,\"targetId\":1,"
                      "\"changedDate\":\"2024-01-01T00:00:00Z\",\"isActive\":true}]}");
         ASSERT_EQ_INT(b->events[0].source_id, 2147483647);
         ASSERT_EQ_INT(b->events[0].target_id, 1);
@@ -353,7 +338,7 @@ static void test_dates(void) {
         tests_context = NULL;
 
         /* 0 and 7 fractional digits through the parser. */
-        b = parse_ok("{\"values\":[" D("2014-03-18T17:17:52Z") "," D("2014-03-18T17:17:52.1234567Z")
+        b = tests_parse_batch("{\"values\":[" D("2014-03-18T17:17:52Z") "," D("2014-03-18T17:17:52.1234567Z")
                      "]}");
         ASSERT_EQ_INT(b->n_events, 2);
         ASSERT_MEMEQ(b->events[0].changed_date.p, b->events[0].changed_date.len,
@@ -391,7 +376,7 @@ static void test_nul_in_comment(void) {
         _cleanup_(batch_freep) Batch *b = NULL;
         const LinkEvent *e;
 
-        b = parse_ok("{\"values\":[" V("\"changedDate\":\"2024-01-01T00:00:00Z\","
+        b = tests_parse_batch("{\"values\":[" V("\"changedDate\":\"2024-01-01T00:00:00Z\","
                                        "\"comment\":\"a\\u0000b\\u0000\"") "]}");
         e = &b->events[0];
         ASSERT_NOT_NULL(e->comment.p);
@@ -404,7 +389,7 @@ static void test_unknown_and_null_fields(void) {
         _cleanup_(batch_freep) Batch *b = NULL;
         const LinkEvent *e;
 
-        b = parse_ok("{\"count\":2,\"$id\":\"1\",\"extra\":{\"deep\":[1,2,{}]},\"values\":["
+        b = tests_parse_batch("{\"count\":2,\"$id\":\"1\",\"extra\":{\"deep\":[1,2,{}]},\"values\":["
                      /* nested with unknown and null fields */
                      "{\"rel\":\"r\",\"url\":\"https://x\",\"attributes\":{\"sourceId\":1,"
                      "\"targetId\":2,\"changedDate\":\"2024-01-01T00:00:00Z\","
@@ -479,7 +464,7 @@ static void test_tokens(void) {
                 _cleanup_(batch_freep) Batch *b = NULL;
 
                 tests_context = cases[i].what;
-                b = parse_ok(cases[i].body);
+                b = tests_parse_batch(cases[i].body);
                 if (cases[i].token)
                         ASSERT_STREQ(b->token, cases[i].token);
                 else
@@ -507,7 +492,7 @@ static void test_last_batch(void) {
                 _cleanup_(batch_freep) Batch *b = NULL;
 
                 tests_context = cases[i].what;
-                b = parse_ok(cases[i].body);
+                b = tests_parse_batch(cases[i].body);
                 ASSERT_EQ_INT(b->is_last, cases[i].is_last);
                 ASSERT_EQ_INT(b->n_events, cases[i].n);
                 if (cases[i].n == 0)

@@ -1,25 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* Unit tests of the COPY text form of a batch: column order, NULLs, escaping, U+0000. */
-#include "batch.h"
 #include "store.h"
-#include "tests.h"
+#include "tests-batch.h"
 
 #define GUID_A "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
 #define GUID_B "6b29fc40-ca47-1067-b31d-00dd010662da"
 #define GUID_U "11111111-2222-3333-4444-555555555555"
-
-static Batch *parse(const char *body) {
-        Batch *b = NULL;
-        _cleanup_free_ char *err = NULL;
-        int r;
-
-        r = batch_parse(body, strlen(body), &b, &err);
-        if (r < 0)
-                fprintf(stderr, "batch_parse: %s\n", err ?: "(no message)");
-        ASSERT_OK(r);
-        ASSERT_NOT_NULL(b);
-        return b;
-}
 
 /* Formats the batch and compares with the expected bytes, which never hold a NUL. */
 static void check_copy(const char *what, const char *body, const char *expected) {
@@ -28,7 +14,7 @@ static void check_copy(const char *what, const char *body, const char *expected)
         size_t size = 12345;
 
         tests_context = what;
-        b = parse(body);
+        b = tests_parse_batch(body);
         ASSERT_OK(store_format_copy(b, &out, &size));
         ASSERT_NOT_NULL(out);
         ASSERT_NULL(memchr(out, 0, size));
@@ -135,7 +121,7 @@ static void test_column_count(void) {
         _cleanup_free_ char *out = NULL;
         size_t size = 0, lines = 0, tabs = 0;
 
-        b = parse("{\"values\":[{\"rel\":\"\\t\\t\",\"sourceId\":1,\"targetId\":2,"
+        b = tests_parse_batch("{\"values\":[{\"rel\":\"\\t\\t\",\"sourceId\":1,\"targetId\":2,"
                   "\"changedDate\":\"2024-01-01T00:00:00Z\",\"isActive\":true,"
                   "\"linkType\":\"\\n\",\"comment\":\"\\t\\n\\r\\\\\\u0000\","
                   "\"changedBy\":{\"id\":\"\\t\",\"uniqueName\":\"\\n\",\"displayName\":\"\\r\"},"
